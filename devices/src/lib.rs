@@ -1,0 +1,13 @@
+//! husk's emulated devices.
+//!
+//! `legacy` holds the few PC devices a microVM still needs (the COM1 console, the i8042
+//! reset line and husk's boot-timer port); `bus` routes port and MMIO accesses from vCPU
+//! exits to them. Virtio devices arrive here under `virtio/`.
+//!
+//! Nothing in this crate knows about KVM: devices see only offsets and bytes, and raise
+//! interrupts or events through `EventFd`s that the VMM wires to KVM.
+
+pub mod bus;
+pub mod legacy;
+
+pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,194 @@
+//! `husk vmm`: boot a bare VM from flags or a JSON file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use husk_vmm::{
+    ConsoleConfig, KernelConfig, MemoryConfig, VcpuConfig, Vmm, VmmConfig, DEFAULT_CMDLINE,
+};
+use serde::Deserialize;
+
+use super::EXIT_GUEST_FAILED;
+use crate::guest;
+
+const DEFAULT_MEM_MIB: u64 = 128;
+const DEFAULT_VCPUS: u64 = 1;
+
+#[derive(Args, Debug, Default)]
+pub struct VmmArgs {
+    /// Guest kernel: ELF vmlinux (PVH or 64-bit entry) or bzImage [default: the built guest]
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs [default: the built guest's, when --kernel is not given]
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line, passed verbatim (husk appends what its devices need)
+    /// [default: "console=ttyS0 reboot=k panic=-1 nomodule"]
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Guest memory in MiB [default: 128]
+    #[arg(long)]
+    mem_mib: Option<u64>,
+    /// Number of vCPUs [default: 1]
+    #[arg(long)]
+    vcpus: Option<u64>,
+    /// Guest console: stdout, file=PATH or off [default: stdout]
+    #[arg(long, value_parser = parse_console)]
+    console: Option<ConsoleConfig>,
+    /// Read these settings from a JSON file (keys: kernel, initrd, cmdline, mem_mib, vcpus,
+    /// console); flags given as well override it
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The JSON form of the same settings.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct VmmFile {
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    cmdline: Option<String>,
+    mem_mib: Option<u64>,
+    vcpus: Option<u64>,
+    console: Option<String>,
+}
+
+fn parse_console(value: &str) -> Result<ConsoleConfig, String> {
+    match value {
+        "stdout" => Ok(ConsoleConfig::Stdout),
+        "off" => Ok(ConsoleConfig::Off),
+        _ => match value.strip_prefix("file=") {
+            Some(path) if !path.is_empty() => Ok(ConsoleConfig::File(PathBuf::from(path))),
+            _ => Err(format!(
+                "'{value}' is not a console: use stdout, file=PATH or off"
+            )),
+        },
+    }
+}
+
+fn read_file_settings(path: &Path) -> Result<VmmFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read VM config {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("VM config {}: {e}", path.display()))
+}
+
+/// Merges flags over the file over the defaults into a `VmmConfig`.
+fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
+    let file = match &args.config {
+        Some(path) => read_file_settings(path)?,
+        None => VmmFile::default(),
+    };
+    let console = match args.console {
+        Some(c) => c,
+        None => match file.console.as_deref() {
+            Some(c) => parse_console(c)?,
+            None => ConsoleConfig::Stdout,
+        },
+    };
+    let kernel = args.kernel.or(file.kernel);
+    let initrd = args.initrd.or(file.initrd);
+    let (kernel, initrd) = match kernel {
+        Some(kernel) => (kernel, initrd),
+        None => {
+            let kernel = guest::default_kernel();
+            if !kernel.is_file() {
+                return Err(format!(
+                    "no --kernel given and the built guest kernel {} does not exist \
+                     (build it with resources/build-guest.sh)",
+                    kernel.display()
+                ));
+            }
+            (kernel, initrd.or_else(|| Some(guest::default_initrd())))
+        }
+    };
+    let mem_mib = args.mem_mib.or(file.mem_mib).unwrap_or(DEFAULT_MEM_MIB);
+    let vcpus = args.vcpus.or(file.vcpus).unwrap_or(DEFAULT_VCPUS);
+    let vcpus = u8::try_from(vcpus).map_err(|_| {
+        format!(
+            "{vcpus} vCPUs requested, but at most {} are supported",
+            husk_vmm::MAX_CPUS
+        )
+    })?;
+    Ok(VmmConfig {
+        memory: MemoryConfig { size_mib: mem_mib },
+        vcpus: VcpuConfig { count: vcpus },
+        kernel: KernelConfig {
+            path: kernel,
+            initrd,
+            cmdline: args
+                .cmdline
+                .or(file.cmdline)
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        },
+        console,
+        kvm_device: guest::kvm_device(),
+        start_time: start,
+    })
+}
+
+pub fn run(args: VmmArgs, start: Instant) -> Result<ExitCode, String> {
+    let config = build_config(args, start)?;
+    let vmm = Vmm::new(config).map_err(|e| e.to_string())?;
+    let exit = vmm.run().map_err(|e| e.to_string())?;
+    if exit.reason.is_clean() {
+        log::debug!("VM ended: {}", exit.reason);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("husk: error: the VM failed: {}", exit.reason);
+        Ok(ExitCode::from(EXIT_GUEST_FAILED))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_values() {
+        assert_eq!(parse_console("stdout"), Ok(ConsoleConfig::Stdout));
+        assert_eq!(parse_console("off"), Ok(ConsoleConfig::Off));
+        assert_eq!(
+            parse_console("file=/tmp/x"),
+            Ok(ConsoleConfig::File("/tmp/x".into()))
+        );
+        assert!(parse_console("file=").is_err());
+        assert!(parse_console("serial").is_err());
+    }
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_fail() {
+        let dir = std::env::temp_dir().join(format!("husk-vmm-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vm.json");
+        std::fs::write(
+            &file,
+            r#"{"kernel": "/k", "mem_mib": 64, "vcpus": 2, "console": "off", "cmdline": "x"}"#,
+        )
+        .unwrap();
+        let args = VmmArgs {
+            config: Some(file.clone()),
+            vcpus: Some(3),
+            ..Default::default()
+        };
+        let config = build_config(args, Instant::now()).unwrap();
+        assert_eq!(config.memory.size_mib, 64);
+        assert_eq!(config.vcpus.count, 3);
+        assert_eq!(config.console, ConsoleConfig::Off);
+        assert_eq!(config.kernel.cmdline, "x");
+        assert_eq!(config.kernel.initrd, None);
+
+        std::fs::write(&file, r#"{"kernel": "/k", "memory": 64}"#).unwrap();
+        let err = build_config(
+            VmmArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            Instant::now(),
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field `memory`"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

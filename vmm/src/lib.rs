@@ -1,0 +1,312 @@
+//! husk-vmm: the minimal KVM virtual machine monitor that runs inside the husk process.
+//!
+//! A [`Vmm`] is built from a [`VmmConfig`] in the order a machine comes up:
+//!
+//! 1. open `/dev/kvm`, create the VM with its in-kernel interrupt controllers and PIT;
+//! 2. allocate guest RAM and register it with KVM;
+//! 3. load the kernel (ELF with PVH entry, ELF via the 64-bit boot protocol, or bzImage),
+//!    the initrd and the command line, then write the boot information and the MP table;
+//! 4. put the legacy devices on the port bus (COM1, i8042 reset, boot timer);
+//! 5. create the vCPUs (CPUID, MSRs, LAPIC) and set the boot vCPU's entry registers.
+//!
+//! [`Vmm::run`] then starts the event loop thread and one thread per vCPU and blocks until
+//! the VM ends: the guest resets or shuts down, a vCPU fails, or someone calls
+//! [`StopHandle::stop`].
+//!
+//! The VMM knows nothing about containers, agents or OCI.
+
+mod arch;
+mod boot;
+pub mod config;
+mod event_loop;
+mod exit;
+mod vstate;
+
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Arc, Mutex, Once, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use husk_devices::legacy::{
+    BootTimer, Serial, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, I8042,
+    I8042_PORT_BASE, I8042_PORT_LEN,
+};
+use husk_devices::{Bus, BusError};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use arch::x86_64::mptable::MAX_CPUS;
+pub use boot::BootError;
+pub use config::{
+    ConsoleConfig, KernelConfig, MemoryConfig, VcpuConfig, VmmConfig, DEFAULT_CMDLINE,
+};
+pub use exit::ExitReason;
+
+use arch::x86_64::{mptable, regs};
+use event_loop::EventLoop;
+use exit::ExitState;
+use vstate::vcpu::Vcpu;
+
+/// Errors building or running a VM. Each message is one line a user can act on.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum Error {
+    /// Guest memory must be at least 2 MiB, not {0} MiB
+    MemoryTooSmall(u64),
+    /// Guest memory of {0} MiB is more than this host's {1} MiB of RAM
+    MemoryTooLarge(u64, u64),
+    /// A VM needs at least one vCPU
+    NoVcpus,
+    /// {0} vCPUs requested, but at most {1} are supported here
+    TooManyVcpus(u64, u64),
+    /// {0}
+    Vm(#[from] vstate::vm::VmError),
+    /// {0}
+    Memory(#[from] vstate::memory::MemoryError),
+    /// {0}
+    Boot(#[from] BootError),
+    /// {0}
+    Mptable(#[from] mptable::MptableError),
+    /// {0}
+    Vcpu(#[from] vstate::vcpu::VcpuError),
+    /// Cannot set the boot vCPU's registers: {0}
+    Regs(#[from] regs::RegsError),
+    /// Cannot open the console file {0}: {1}
+    Console(String, std::io::Error),
+    /// Cannot create an event fd: {0}
+    EventFd(std::io::Error),
+    /// Cannot route interrupt {0}: {1}
+    Irq(u32, kvm_ioctls::Error),
+    /// Cannot place a device on the bus: {0}
+    Bus(#[from] BusError),
+    /// {0}
+    EventLoop(#[from] event_loop::EventLoopError),
+    /// Cannot start a vCPU thread: {0}
+    Spawn(std::io::Error),
+    /// Cannot install the vCPU kick signal handler: {0}
+    Signal(vmm_sys_util::errno::Error),
+}
+
+/// Below this the kernel has nowhere to go: it loads at 1 MiB.
+pub const MIN_MEMORY_MIB: u64 = 2;
+
+/// Stops a running [`Vmm`] from another thread.
+#[derive(Clone)]
+pub struct StopHandle(Arc<ExitState>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.0.request(ExitReason::Stopped);
+    }
+}
+
+/// How a VM ended, and how long the guest took to say it was ready.
+#[derive(Debug)]
+pub struct VmExit {
+    pub reason: ExitReason,
+    /// From the start instant in the config to the guest's first boot-timer write.
+    pub ready_after: Option<Duration>,
+}
+
+/// A VM, built and ready to run.
+pub struct Vmm {
+    // Field order is drop order: vCPUs before the VM, the VM before the memory it maps.
+    vcpus: Vec<Vcpu>,
+    _vm: VmFd,
+    _guest_memory: GuestMemoryMmap,
+    reset_evt: EventFd,
+    exit: Arc<ExitState>,
+    ready_after: Arc<OnceLock<Duration>>,
+}
+
+impl Vmm {
+    pub fn new(config: VmmConfig) -> Result<Self, Error> {
+        let mem_mib = config.memory.size_mib;
+        if mem_mib < MIN_MEMORY_MIB {
+            return Err(Error::MemoryTooSmall(mem_mib));
+        }
+        if let Some(host_mib) = host_memory_mib() {
+            if mem_mib > host_mib {
+                return Err(Error::MemoryTooLarge(mem_mib, host_mib));
+            }
+        }
+        let vcpu_count = config.vcpus.count;
+        if vcpu_count == 0 {
+            return Err(Error::NoVcpus);
+        }
+
+        let kvm = vstate::vm::open_kvm(&config.kvm_device)?;
+        let max_vcpus = (kvm.get_max_vcpus() as u64).min(u64::from(MAX_CPUS));
+        if u64::from(vcpu_count) > max_vcpus {
+            return Err(Error::TooManyVcpus(u64::from(vcpu_count), max_vcpus));
+        }
+        let vm = vstate::vm::create_vm(&kvm)?;
+        let guest_memory = vstate::memory::create_guest_memory(mem_mib)?;
+        vstate::vm::register_memory(&vm, &guest_memory)?;
+
+        let (entry, kernel_end, bzimage_header) =
+            boot::load_kernel(&guest_memory, &config.kernel.path)?;
+        let initrd = match &config.kernel.initrd {
+            Some(path) => Some(boot::load_initrd(&guest_memory, path, kernel_end)?),
+            None => None,
+        };
+        let cmdline = config.kernel.cmdline.trim();
+        boot::load_command_line(&guest_memory, cmdline)?;
+        boot::write_boot_info(
+            &guest_memory,
+            entry,
+            mem_mib << 20,
+            cmdline.len(),
+            initrd,
+            bzimage_header,
+        )?;
+        mptable::write(&guest_memory, vcpu_count)?;
+
+        let exit = Arc::new(ExitState::new());
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let ready_after = Arc::new(OnceLock::new());
+        let pio = Arc::new(legacy_bus(&vm, &config, &reset_evt, &ready_after)?);
+        let mmio = Arc::new(Bus::new());
+
+        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
+        for id in 0..vcpu_count {
+            vcpus.push(Vcpu::new(
+                &kvm,
+                &vm,
+                id,
+                vcpu_count,
+                pio.clone(),
+                mmio.clone(),
+                exit.clone(),
+            )?);
+        }
+        regs::setup_boot_vcpu(vcpus[0].fd(), &guest_memory, entry.mode, entry.addr)?;
+
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _guest_memory: guest_memory,
+            reset_evt,
+            exit,
+            ready_after,
+        })
+    }
+
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.exit.clone())
+    }
+
+    /// Runs the VM until it ends and returns why.
+    pub fn run(mut self) -> Result<VmExit, Error> {
+        install_kick_handler()?;
+        let reset = self.reset_evt.try_clone().map_err(Error::EventFd)?;
+        let mut event_loop = EventLoop::start(reset, self.exit.clone())?;
+
+        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let spawned = std::thread::Builder::new()
+                .name(format!("husk-vcpu-{id}"))
+                .spawn(move || vcpu.run());
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.exit.request(ExitReason::Stopped);
+                    stop_vcpus(threads);
+                    return Err(Error::Spawn(e));
+                }
+            }
+        }
+
+        let reason = self.exit.wait();
+        stop_vcpus(threads);
+        event_loop.stop();
+        Ok(VmExit {
+            reason,
+            ready_after: self.ready_after.get().copied(),
+        })
+    }
+}
+
+/// The port bus with COM1, the i8042 and the boot timer.
+fn legacy_bus(
+    vm: &VmFd,
+    config: &VmmConfig,
+    reset_evt: &EventFd,
+    ready_after: &Arc<OnceLock<Duration>>,
+) -> Result<Bus, Error> {
+    let console: Box<dyn Write + Send> = match &config.console {
+        ConsoleConfig::Stdout => Box::new(std::io::stdout()),
+        ConsoleConfig::File(path) => Box::new(
+            std::fs::File::create(path)
+                .map_err(|e| Error::Console(path.display().to_string(), e))?,
+        ),
+        ConsoleConfig::Off => Box::new(std::io::sink()),
+    };
+    let com1_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    vm.register_irqfd(&com1_irq, COM1_IRQ)
+        .map_err(|e| Error::Irq(COM1_IRQ, e))?;
+
+    let mut bus = Bus::new();
+    bus.insert(
+        Arc::new(Mutex::new(Serial::new(com1_irq, console))),
+        COM1_PORT_BASE,
+        COM1_PORT_LEN,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(I8042::new(
+            reset_evt.try_clone().map_err(Error::EventFd)?,
+        ))),
+        I8042_PORT_BASE,
+        I8042_PORT_LEN,
+    )?;
+    bus.insert(
+        Arc::new(Mutex::new(BootTimer::new(
+            config.start_time,
+            ready_after.clone(),
+        ))),
+        BOOT_TIMER_PORT,
+        1,
+    )?;
+    Ok(bus)
+}
+
+/// The signal that kicks a vCPU thread out of KVM_RUN when the VM stops.
+fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+fn install_kick_handler() -> Result<(), Error> {
+    extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+        // Nothing to do: the signal exists to make KVM_RUN return EINTR.
+    }
+    static INSTALL: Once = Once::new();
+    let mut result = Ok(());
+    INSTALL.call_once(|| {
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .map_err(Error::Signal);
+    });
+    result
+}
+
+/// Waits for every vCPU thread to leave, kicking those still in KVM_RUN. A kick can land
+/// just before a thread re-enters KVM_RUN and be lost, so kick until the thread is gone.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    for handle in threads {
+        while !handle.is_finished() {
+            // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread
+            // has not been joined or detached and the id is valid.
+            unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let _ = handle.join();
+    }
+}
+
+/// The host's RAM in MiB, from /proc/meminfo.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
