@@ -310,3 +310,33 @@ fn host_memory_mib() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
 }
+
+/// Which kind of KVM provides the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KvmFlavour {
+    /// Intel VT-x or AMD-V (kvm_intel / kvm_amd): boots any x86_64 guest.
+    Hardware,
+    /// Pagetable-based virtual machine (kvm_pvm): only PVM-enabled guest kernels run at
+    /// native speed; other ring-0 code is emulated one instruction at a time.
+    Pvm,
+    Unknown,
+}
+
+/// Tells the KVM flavour from the loaded modules.
+pub fn kvm_flavour() -> KvmFlavour {
+    let loaded = |m: &str| std::path::Path::new("/sys/module").join(m).exists();
+    if loaded("kvm_pvm") {
+        KvmFlavour::Pvm
+    } else if loaded("kvm_intel") || loaded("kvm_amd") {
+        KvmFlavour::Hardware
+    } else {
+        KvmFlavour::Unknown
+    }
+}
+
+/// Opens the KVM device at `path` and returns how many vCPUs a VM may have.
+pub fn probe_kvm(path: &std::path::Path) -> Result<usize, Error> {
+    let kvm = vstate::vm::open_kvm(path)?;
+    Ok(kvm.get_max_vcpus().min(usize::from(MAX_CPUS)))
+}

@@ -1,6 +1,5 @@
 //! `husk info`: version, KVM availability and flavour, default guest paths, as JSON.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use serde::Serialize;
@@ -21,41 +20,24 @@ struct Info {
 struct KvmInfo {
     device: String,
     available: bool,
-    /// "hardware" (Intel VT-x or AMD-V), "pvm" (pagetable-based, boots only PVM guest
+    /// "hardware" (Intel VT-x or AMD-V), "pvm" (pagetable-based: boots only PVM guest
     /// kernels at native speed) or "unknown".
-    flavour: &'static str,
+    flavour: husk_vmm::KvmFlavour,
     max_vcpus: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
-/// Which KVM module provides /dev/kvm.
-fn kvm_flavour() -> &'static str {
-    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
-    if loaded("kvm_pvm") {
-        "pvm"
-    } else if loaded("kvm_intel") || loaded("kvm_amd") {
-        "hardware"
-    } else {
-        "unknown"
-    }
-}
-
 fn kvm_info() -> KvmInfo {
     let device = guest::kvm_device();
-    let cpath = std::ffi::CString::new(device.as_os_str().as_encoded_bytes());
-    let opened = match cpath {
-        Ok(c) => kvm_ioctls::Kvm::new_with_path(&c).map_err(|e| e.to_string()),
-        Err(_) => Err("path contains a NUL byte".to_string()),
-    };
-    let (available, max_vcpus, error) = match opened {
-        Ok(kvm) => (true, Some(kvm.get_max_vcpus()), None),
-        Err(e) => (false, None, Some(e)),
+    let (available, max_vcpus, error) = match husk_vmm::probe_kvm(&device) {
+        Ok(max) => (true, Some(max), None),
+        Err(e) => (false, None, Some(e.to_string())),
     };
     KvmInfo {
         device: device.display().to_string(),
         available,
-        flavour: kvm_flavour(),
+        flavour: husk_vmm::kvm_flavour(),
         max_vcpus,
         error,
     }

@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use clap::Args;
 use husk_vmm::{
-    ConsoleConfig, KernelConfig, MemoryConfig, VcpuConfig, Vmm, VmmConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
+    DEFAULT_CMDLINE,
 };
 use serde::Deserialize;
 
@@ -131,7 +133,13 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
 pub fn run(args: VmmArgs, start: Instant) -> Result<ExitCode, String> {
     let config = build_config(args, start)?;
     let vmm = Vmm::new(config).map_err(|e| e.to_string())?;
+    let stopped_by = stop_on_signals(vmm.stop_handle())?;
     let exit = vmm.run().map_err(|e| e.to_string())?;
+    if let Some(signal) = stopped_by.get() {
+        // Stopped by SIGINT/SIGTERM: the VM was torn down; report it the shell's way.
+        log::info!("VM stopped on signal {signal}");
+        return Ok(ExitCode::from(128 + *signal as u8));
+    }
     if exit.reason.is_clean() {
         log::debug!("VM ended: {}", exit.reason);
         Ok(ExitCode::SUCCESS)
@@ -139,6 +147,25 @@ pub fn run(args: VmmArgs, start: Instant) -> Result<ExitCode, String> {
         eprintln!("husk: error: the VM failed: {}", exit.reason);
         Ok(ExitCode::from(EXIT_GUEST_FAILED))
     }
+}
+
+/// Turns SIGINT and SIGTERM into a clean stop of the VM, remembering which arrived.
+fn stop_on_signals(stop: StopHandle) -> Result<Arc<OnceLock<i32>>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot watch for signals: {e}"))?;
+    let received = Arc::new(OnceLock::new());
+    let record = received.clone();
+    std::thread::Builder::new()
+        .name("husk-signals".into())
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = record.set(signal);
+                stop.stop();
+            }
+        })
+        .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    Ok(received)
 }
 
 #[cfg(test)]
