@@ -1,7 +1,6 @@
 //! The VMM's event loop thread: one epoll (event-manager) for every device event that does
-//! not happen on a vCPU. For now it turns the i8042 reset line into the VM's exit, and it
-//! is woken to quit when the VM stops; virtio devices will register their queue and
-//! backend events here.
+//! not happen on a vCPU. Virtio devices register their queue and backend events here; the
+//! loop itself only watches its quit signal, written when the VM stops.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -24,33 +23,24 @@ pub enum EventLoopError {
     Spawn(std::io::Error),
 }
 
-/// Watches the guest's reset line and the loop's own quit signal.
-struct VmEvents {
-    reset: EventFd,
+/// Watches the loop's own quit signal.
+struct QuitEvent {
     quit: EventFd,
     exit: Arc<ExitState>,
     quitting: bool,
 }
 
-impl MutEventSubscriber for VmEvents {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        use std::os::fd::AsRawFd;
-        if events.fd() == self.reset.as_raw_fd() {
-            let _ = self.reset.read();
-            self.exit.request(ExitReason::GuestReset);
-        } else if events.fd() == self.quit.as_raw_fd() {
-            let _ = self.quit.read();
-            self.quitting = true;
-        }
+impl MutEventSubscriber for QuitEvent {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.quit.read();
+        self.quitting = true;
     }
 
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [&self.reset, &self.quit] {
-            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
-                self.exit.request(ExitReason::EventLoop(format!(
-                    "cannot watch an event: {e:?}"
-                )));
-            }
+        if let Err(e) = ops.add(Events::new(&self.quit, EventSet::IN)) {
+            self.exit.request(ExitReason::EventLoop(format!(
+                "cannot watch an event: {e:?}"
+            )));
         }
     }
 }
@@ -62,18 +52,17 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Starts the loop; `reset` is the eventfd the i8042 writes.
-    pub fn start(reset: EventFd, exit: Arc<ExitState>) -> Result<Self, EventLoopError> {
+    /// Starts the loop; a failure of the loop itself stops the VM through `exit`.
+    pub fn start(exit: Arc<ExitState>) -> Result<Self, EventLoopError> {
         let quit = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(EventLoopError::Create)?;
-        let vm_events = Arc::new(Mutex::new(VmEvents {
-            reset,
+        let quit_event = Arc::new(Mutex::new(QuitEvent {
             quit: quit.try_clone().map_err(EventLoopError::EventFd)?,
             exit: exit.clone(),
             quitting: false,
         }));
-        manager.add_subscriber(vm_events.clone());
+        manager.add_subscriber(quit_event.clone());
         let thread = std::thread::Builder::new()
             .name("husk-event-loop".into())
             .spawn(move || loop {
@@ -81,7 +70,7 @@ impl EventLoop {
                     exit.request(ExitReason::EventLoop(format!("{e:?}")));
                     return;
                 }
-                if vm_events.lock().map(|v| v.quitting).unwrap_or(true) {
+                if quit_event.lock().map(|q| q.quitting).unwrap_or(true) {
                     return;
                 }
             })

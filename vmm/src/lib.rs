@@ -115,7 +115,6 @@ pub struct Vmm {
     vcpus: Vec<Vcpu>,
     _vm: VmFd,
     _guest_memory: GuestMemoryMmap,
-    reset_evt: EventFd,
     exit: Arc<ExitState>,
     ready_after: Arc<OnceLock<Duration>>,
 }
@@ -164,9 +163,8 @@ impl Vmm {
         mptable::write(&guest_memory, vcpu_count)?;
 
         let exit = Arc::new(ExitState::new());
-        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         let ready_after = Arc::new(OnceLock::new());
-        let pio = Arc::new(legacy_bus(&vm, &config, &reset_evt, &ready_after)?);
+        let pio = Arc::new(legacy_bus(&vm, &config, &exit, &ready_after)?);
         let mmio = Arc::new(Bus::new());
 
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
@@ -187,7 +185,6 @@ impl Vmm {
             vcpus,
             _vm: vm,
             _guest_memory: guest_memory,
-            reset_evt,
             exit,
             ready_after,
         })
@@ -200,8 +197,7 @@ impl Vmm {
     /// Runs the VM until it ends and returns why.
     pub fn run(mut self) -> Result<VmExit, Error> {
         install_kick_handler()?;
-        let reset = self.reset_evt.try_clone().map_err(Error::EventFd)?;
-        let mut event_loop = EventLoop::start(reset, self.exit.clone())?;
+        let mut event_loop = EventLoop::start(self.exit.clone())?;
 
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
@@ -232,7 +228,7 @@ impl Vmm {
 fn legacy_bus(
     vm: &VmFd,
     config: &VmmConfig,
-    reset_evt: &EventFd,
+    exit: &Arc<ExitState>,
     ready_after: &Arc<OnceLock<Duration>>,
 ) -> Result<Bus, Error> {
     let console: Box<dyn Write + Send> = match &config.console {
@@ -254,9 +250,10 @@ fn legacy_bus(
         COM1_PORT_LEN,
     )?;
     bus.insert(
-        Arc::new(Mutex::new(I8042::new(
-            reset_evt.try_clone().map_err(Error::EventFd)?,
-        ))),
+        Arc::new(Mutex::new(I8042::new({
+            let exit = exit.clone();
+            Box::new(move || exit.request(ExitReason::GuestReset))
+        }))),
         I8042_PORT_BASE,
         I8042_PORT_LEN,
     )?;

@@ -2,8 +2,6 @@
 //! line. Linux booted with `reboot=k` resets the machine by writing 0xFE to the command
 //! port, which is how a guest asks husk to end the VM cleanly.
 
-use vmm_sys_util::eventfd::EventFd;
-
 use crate::bus::BusDevice;
 
 /// Ports 0x60 (data) to 0x64 (status/command); 0x61 in between belongs to the in-kernel
@@ -15,13 +13,14 @@ const COMMAND_OFFSET: u64 = 4;
 const CMD_PULSE_RESET: u8 = 0xfe;
 
 pub struct I8042 {
-    reset_evt: EventFd,
+    on_reset: Box<dyn Fn() + Send>,
 }
 
 impl I8042 {
-    /// `reset_evt` is written when the guest pulses the reset line.
-    pub fn new(reset_evt: EventFd) -> Self {
-        Self { reset_evt }
+    /// `on_reset` runs when the guest pulses the reset line. It runs on the vCPU thread
+    /// that wrote the command, so the VM can stop before that vCPU re-enters the guest.
+    pub fn new(on_reset: Box<dyn Fn() + Send>) -> Self {
+        Self { on_reset }
     }
 }
 
@@ -34,9 +33,7 @@ impl BusDevice for I8042 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == COMMAND_OFFSET && data.first() == Some(&CMD_PULSE_RESET) {
-            if let Err(e) = self.reset_evt.write(1) {
-                log::error!("i8042: cannot signal the reset: {e}");
-            }
+            (self.on_reset)();
         }
     }
 }
@@ -44,18 +41,23 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn reset_command_signals_only_on_command_port() {
-        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut dev = I8042::new(evt.try_clone().unwrap());
+        let resets = Arc::new(AtomicUsize::new(0));
+        let counter = resets.clone();
+        let mut dev = I8042::new(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
         dev.write(0, &[CMD_PULSE_RESET]);
         dev.write(COMMAND_OFFSET, &[0xd1]);
-        assert!(evt.read().is_err(), "no reset expected yet");
+        assert_eq!(resets.load(Ordering::SeqCst), 0, "no reset expected yet");
         let mut status = [0xffu8];
         dev.read(COMMAND_OFFSET, &mut status);
         assert_eq!(status, [0]);
         dev.write(COMMAND_OFFSET, &[CMD_PULSE_RESET]);
-        assert_eq!(evt.read().unwrap(), 1);
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
     }
 }
