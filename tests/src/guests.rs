@@ -43,6 +43,7 @@ const SOURCES: &[(&str, &str)] = &[
     ),
     ("triple_fault.c", include_str!("../guests/triple_fault.c")),
     ("ready.c", include_str!("../guests/ready.c")),
+    ("spin.c", include_str!("../guests/spin.c")),
 ];
 
 /// Flags for every guest: freestanding, no SSE (general registers only), no PIC, no
@@ -95,16 +96,19 @@ pub enum Guest {
     TripleFault,
     /// Writes husk's boot-timer port (0x440) twice, prints `ready: signalled`, resets.
     Ready,
+    /// Prints `spin: running`, then runs until the host stops the VM.
+    Spin,
 }
 
 impl Guest {
-    pub const ALL: [Guest; 6] = [
+    pub const ALL: [Guest; 7] = [
         Guest::Hello,
         Guest::Bootinfo,
         Guest::Bootinfo64,
         Guest::Smp,
         Guest::TripleFault,
         Guest::Ready,
+        Guest::Spin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +119,7 @@ impl Guest {
             Guest::Smp => "smp",
             Guest::TripleFault => "triple_fault",
             Guest::Ready => "ready",
+            Guest::Spin => "spin",
         }
     }
 
@@ -144,6 +149,7 @@ impl Guest {
             Guest::Smp => &["common/lib.c", "common/mp.c", "smp_trampoline.S", "smp.c"],
             Guest::TripleFault => &["common/lib.c", "triple_fault.c"],
             Guest::Ready => &["common/lib.c", "ready.c"],
+            Guest::Spin => &["common/lib.c", "spin.c"],
         }
     }
 

@@ -351,3 +351,54 @@ fn ready_port_reports_the_boot_time_once() {
         run.describe()
     );
 }
+
+/// SIGTERM (and SIGINT) stop a running VM cleanly: husk tears the VM down and exits
+/// with the shell's 128 + signal status, saying why.
+#[test]
+fn a_signal_stops_a_running_vm() {
+    use husk_tests::process::DEFAULT_TIMEOUT;
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    for (signal, name) in [(libc::SIGTERM, "15"), (libc::SIGINT, "2")] {
+        let mut child = husk_tests::husk::husk_command()
+            .unwrap()
+            .args(["vmm", "--vcpus", "2", "--kernel"])
+            .arg(guest(Guest::Spin))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), "spin: running");
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) of our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        let deadline = Instant::now() + DEFAULT_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("husk did not stop within {DEFAULT_TIMEOUT:?} of signal {name}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(128 + signal), "{stderr}");
+        assert!(
+            stderr.contains(&format!("VM stopped on signal {name}")),
+            "{stderr}"
+        );
+    }
+}
