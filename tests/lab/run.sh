@@ -1,0 +1,192 @@
+#!/bin/bash
+# Runs a group of Linux-guest scenarios (DESIGN.md, layer 5): directly on a host with
+# hardware KVM, otherwise inside the nested lab (tests/lab/lab.sh), in one lab boot.
+#
+#   tests/lab/run.sh linux-boot        the test: the built guest boots under husk vmm with
+#                                      1 and 2 vCPUs to `husk-agent ready` and a clean exit,
+#                                      seeing the configured CPUs and memory
+#   tests/lab/run.sh bench-boot [RUNS] the benchmark (not a test): the same guest booted to
+#                                      agent-ready-and-exit by husk and by QEMU microvm,
+#                                      RUNS times each (default 3), interleaved; medians
+#                                      and the ratio husk/QEMU
+#   tests/lab/run.sh selftest          the lab itself: /dev/kvm and QEMU microvm booting the
+#                                      guest kernel with a busybox initramfs (and husk too)
+#
+# Exit status: 0 when every check passed (for bench-boot: every run was valid), else
+# non-zero; 125 when the lab itself failed (timeout, no status).
+#
+# Environment:
+#   HUSK_LAB_MODE      auto (default): direct on hardware KVM, else the lab; `lab` or
+#                      `direct` to force one
+#   HUSK_BIN           the husk binary to test (default: target/release/husk, built first
+#                      with `cargo build --release -p husk-runtime`)
+#   HUSK_CACHE_DIR     default /var/cache/husk; the guest is $HUSK_CACHE_DIR/guest/vmlinux
+#                      and initramfs.cpio (resources/build-guest.sh builds them)
+#   HUSK_GUEST_KERNEL, HUSK_GUEST_INITRD   override those two paths
+#   HUSK_BOOT_TIMEOUT  seconds after which one guest boot is killed and failed (default 300;
+#                      a boot takes ~3 s in the lab)
+#   and lab.sh's HUSK_LAB_TIMEOUT, HUSK_LAB_MEM_MIB, HUSK_LAB_SMP, HUSK_LAB_KEEP.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE_DIR=${HUSK_CACHE_DIR:-/var/cache/husk}
+GUEST_KERNEL=${HUSK_GUEST_KERNEL:-$CACHE_DIR/guest/vmlinux}
+GUEST_INITRD=${HUSK_GUEST_INITRD:-$CACHE_DIR/guest/initramfs.cpio}
+MODE=${HUSK_LAB_MODE:-auto}
+# shellcheck source-path=SCRIPTDIR source=../../scripts/lib.sh
+. "$REPO/scripts/lib.sh" # apt_install
+
+die() {
+    echo "lab: FAIL: $*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '/^#   tests\/lab\/run.sh linux-boot/,/^# Exit status/p' "${BASH_SOURCE[0]}" |
+        sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# Hardware KVM: /dev/kvm exists, the CPU has VT-x or AMD-V, and /dev/kvm is not PVM's.
+kvm_situation() {
+    if [ ! -c /dev/kvm ]; then
+        echo "this host has no /dev/kvm"
+    elif [ -d /sys/module/kvm_pvm ]; then
+        echo "this host's /dev/kvm is PVM (kvm_pvm), which cannot boot a standard Linux guest"
+    elif ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+        echo "this host's CPU has neither vmx nor svm"
+    else
+        echo hardware
+    fi
+}
+
+[ $# -ge 1 ] || usage
+GROUP=$1
+shift
+case "$GROUP" in
+    linux-boot | selftest) [ $# -eq 0 ] || usage ;;
+    bench-boot)
+        RUNS=${1:-3}
+        if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
+        ;;
+    *) usage ;;
+esac
+
+situation=$(kvm_situation)
+case "$MODE" in
+    auto) if [ "$situation" = hardware ]; then where=direct; else where=lab; fi ;;
+    lab | direct) where=$MODE ;;
+    *) die "HUSK_LAB_MODE must be auto, lab or direct, not '$MODE'" ;;
+esac
+if [ "$where" = direct ]; then
+    [ "$situation" = hardware ] ||
+        echo "lab: warning: running directly although $situation" >&2
+    echo "lab: running $GROUP directly on this host's /dev/kvm" >&2
+else
+    if [ "$situation" = hardware ]; then
+        echo "lab: running $GROUP in the nested lab (HUSK_LAB_MODE=lab)" >&2
+    else
+        echo "lab: running $GROUP in the nested lab: $situation" >&2
+    fi
+fi
+
+husk_binary() {
+    if [ -n "${HUSK_BIN:-}" ]; then
+        if [ ! -f "$HUSK_BIN" ] || [ ! -x "$HUSK_BIN" ]; then
+            die "HUSK_BIN=$HUSK_BIN is not an executable file"
+        fi
+        realpath "$HUSK_BIN"
+        return
+    fi
+    (cd "$REPO" && cargo build --release --quiet -p husk-runtime) >&2 ||
+        die "cargo build --release -p husk-runtime failed"
+    local bin=${CARGO_TARGET_DIR:-$REPO/target}/release/husk
+    [ -x "$bin" ] || die "the build left no $bin"
+    echo "$bin"
+}
+
+need_guest() {
+    [ -f "$GUEST_KERNEL" ] ||
+        die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh"
+    [ -f "$GUEST_INITRD" ] ||
+        die "no guest initramfs $GUEST_INITRD: build it with resources/build-guest.sh"
+}
+
+# The scenario's files and environment, the same whether it runs in the lab or not.
+gnu_date=$(command -v date) || die "GNU coreutils' date is needed"
+gnu_timeout=$(command -v timeout) || die "GNU coreutils' timeout is needed"
+FILES=("$HERE/scenarios/lib.sh" "$gnu_date" "$gnu_timeout")
+ENVS=("HUSK_LAB_LIB=$HERE/scenarios/lib.sh" "GNU_DATE=$gnu_date" "GNU_TIMEOUT=$gnu_timeout"
+    "BOOT_TIMEOUT=${HUSK_BOOT_TIMEOUT:-300}")
+ARGS=()
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/husk-lab-run.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+qemu_files() {
+    local qemu
+    qemu=$(command -v qemu-system-x86_64) || die "qemu-system-x86_64 is not installed"
+    # microvm loads its firmware (qboot) from ../share/qemu next to the binary.
+    FILES+=("$qemu" "$(dirname "$qemu")/../share/qemu/bios-microvm.bin")
+    ENVS+=("QEMU=$qemu")
+}
+
+case "$GROUP" in
+    linux-boot)
+        scenario=$HERE/scenarios/linux-boot.sh
+        need_guest
+        husk=$(husk_binary)
+        FILES+=("$husk" "$GUEST_KERNEL" "$GUEST_INITRD")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL" "GUEST_INITRD=$GUEST_INITRD")
+        ;;
+    bench-boot)
+        scenario=$HERE/scenarios/bench-boot.sh
+        need_guest
+        apt_install qemu-system-x86
+        husk=$(husk_binary)
+        qemu_files
+        FILES+=("$husk" "$GUEST_KERNEL" "$GUEST_INITRD")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL" "GUEST_INITRD=$GUEST_INITRD" "RUNS=$RUNS")
+        ;;
+    selftest)
+        scenario=$HERE/scenarios/selftest.sh
+        [ -f "$GUEST_KERNEL" ] ||
+            die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh (or set HUSK_GUEST_KERNEL)"
+        apt_install qemu-system-x86 busybox-static cpio
+        ldd /bin/busybox >/dev/null 2>&1 && die "/bin/busybox is not the static busybox"
+        # A busybox initramfs whose /init reports the CPUs and memory the guest sees.
+        root=$WORK/guest-root
+        mkdir -p "$root"/{bin,proc}
+        cp /bin/busybox "$root/bin/busybox"
+        for applet in sh mount grep sed cat reboot; do ln -s busybox "$root/bin/$applet"; done
+        cat >"$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+echo "lab-guest: cpus=$(grep -c ^processor /proc/cpuinfo) mem_total_kib=$(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
+reboot -f
+INIT
+        chmod 755 "$root/init"
+        (cd "$root" && find . | cpio -o -H newc --quiet) >"$WORK/busybox-guest.cpio"
+        qemu_files
+        FILES+=("$GUEST_KERNEL" "$WORK/busybox-guest.cpio")
+        ENVS+=("GUEST_KERNEL=$GUEST_KERNEL" "GUEST_INITRD=$WORK/busybox-guest.cpio")
+        if [ "${HUSK_SELFTEST_HUSK:-1}" = 1 ]; then
+            husk=$(husk_binary)
+            FILES+=("$husk")
+            ENVS+=("HUSK=$husk")
+        fi
+        ;;
+esac
+
+if [ "$where" = lab ]; then
+    lab_args=()
+    for f in "${FILES[@]}"; do lab_args+=(-f "$f"); done
+    for e in "${ENVS[@]}"; do lab_args+=(-e "$e"); done
+    status=0
+    "$HERE/lab.sh" "${lab_args[@]}" -- "$scenario" "${ARGS[@]}" || status=$?
+    exit "$status"
+fi
+status=0
+env "${ENVS[@]}" sh "$scenario" "${ARGS[@]}" </dev/null || status=$?
+exit "$status"
