@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::elf;
 use crate::process::run_with_timeout;
 use crate::{build_dirs, Error};
 
@@ -274,121 +275,19 @@ fn compile(dir: &Path, guest: Guest) -> Result<(), Error> {
 /// Checks a built guest: ELF64 x86_64, loaded at 1 MiB, with a PVH note exactly when
 /// it should have one.
 pub fn check_guest_elf(bytes: &[u8], entry: Entry) -> Result<(), String> {
-    let elf = Elf64::parse(bytes)?;
-    if elf.machine != EM_X86_64 {
-        return Err(format!("machine {} is not x86_64", elf.machine));
-    }
-    if !elf.loads.iter().any(|l| l.paddr == 0x10_0000) {
+    // program_headers rejects anything but a little-endian x86_64 ELF64.
+    let headers = elf::program_headers(bytes)?;
+    if !headers
+        .iter()
+        .any(|ph| ph.p_type == elf::PT_LOAD && ph.paddr == 0x10_0000)
+    {
         return Err("no loadable segment at 1 MiB".into());
     }
-    match (entry, elf.pvh_entry) {
+    match (entry, elf::pvh_entry(&elf::notes(bytes, &headers)?)) {
         (Entry::Pvh, None) => Err("no PVH note".into()),
         (Entry::Linux64, Some(_)) => Err("a PVH note where none belongs".into()),
         _ => Ok(()),
     }
-}
-
-pub const EM_X86_64: u16 = 62;
-pub const EM_AARCH64: u16 = 183;
-const PT_LOAD: u32 = 1;
-const PT_NOTE: u32 = 4;
-const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
-
-/// One loadable segment.
-#[derive(Clone, Copy, Debug)]
-pub struct Load {
-    pub offset: u64,
-    pub paddr: u64,
-    pub filesz: u64,
-    pub memsz: u64,
-}
-
-/// The parts of an ELF64 file the tests look at.
-#[derive(Debug)]
-pub struct Elf64 {
-    pub machine: u16,
-    pub entry: u64,
-    pub loads: Vec<Load>,
-    /// The entry of a PVH note (note "Xen", type 18), if present.
-    pub pvh_entry: Option<u32>,
-}
-
-fn le16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(off..off + 2)?.try_into().ok()?))
-}
-fn le32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(off..off + 4)?.try_into().ok()?))
-}
-fn le64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
-}
-
-impl Elf64 {
-    pub fn parse(b: &[u8]) -> Result<Elf64, String> {
-        let short = || "file too short".to_string();
-        if b.get(0..4) != Some(b"\x7fELF") {
-            return Err("no ELF magic".into());
-        }
-        if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
-            return Err("not a little-endian ELF64".into());
-        }
-        let machine = le16(b, 18).ok_or_else(short)?;
-        let entry = le64(b, 24).ok_or_else(short)?;
-        let phoff = le64(b, 32).ok_or_else(short)? as usize;
-        let phentsize = le16(b, 54).ok_or_else(short)? as usize;
-        let phnum = le16(b, 56).ok_or_else(short)? as usize;
-        if phentsize != 56 {
-            return Err(format!("program header size {phentsize}"));
-        }
-        let mut loads = Vec::new();
-        let mut pvh_entry = None;
-        for i in 0..phnum {
-            let ph = phoff + i * phentsize;
-            let kind = le32(b, ph).ok_or_else(short)?;
-            let offset = le64(b, ph + 8).ok_or_else(short)?;
-            let paddr = le64(b, ph + 24).ok_or_else(short)?;
-            let filesz = le64(b, ph + 32).ok_or_else(short)?;
-            let memsz = le64(b, ph + 40).ok_or_else(short)?;
-            match kind {
-                PT_LOAD => loads.push(Load {
-                    offset,
-                    paddr,
-                    filesz,
-                    memsz,
-                }),
-                PT_NOTE => {
-                    let start = offset as usize;
-                    let end = start.saturating_add(filesz as usize);
-                    let notes = b.get(start..end).ok_or_else(short)?;
-                    pvh_entry = pvh_entry.or(find_pvh_note(notes));
-                }
-                _ => {}
-            }
-        }
-        Ok(Elf64 {
-            machine,
-            entry,
-            loads,
-            pvh_entry,
-        })
-    }
-}
-
-fn find_pvh_note(mut notes: &[u8]) -> Option<u32> {
-    let align4 = |n: usize| n.checked_add(3).map(|v| v & !3);
-    while notes.len() >= 12 {
-        let namesz = le32(notes, 0)? as usize;
-        let descsz = le32(notes, 4)? as usize;
-        let kind = le32(notes, 8)?;
-        let name_end = 12usize.checked_add(align4(namesz)?)?;
-        let desc_end = name_end.checked_add(align4(descsz)?)?;
-        let name = notes.get(12..12 + namesz)?;
-        if kind == XEN_ELFNOTE_PHYS32_ENTRY && name == b"Xen\0" && descsz >= 4 {
-            return le32(notes, name_end);
-        }
-        notes = notes.get(desc_end..)?;
-    }
-    None
 }
 
 fn build_all(root: &Path, key: &str) -> Result<PathBuf, Error> {

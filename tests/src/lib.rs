@@ -7,6 +7,7 @@
 //!   runs `husk vmm` with a timeout.
 //! - [`process`]: runs any command with a timeout, capturing its output.
 
+pub mod elf;
 pub mod guests;
 pub mod husk;
 pub mod process;

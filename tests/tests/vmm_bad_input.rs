@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_tests::guests::{guest_dir, guest_path, Elf64, Guest, EM_AARCH64};
+use husk_tests::elf::{program_headers, EM_AARCH64, PT_LOAD};
+use husk_tests::guests::{guest_dir, guest_path, Guest};
 use husk_tests::husk::{husk_command, husk_vmm};
 use husk_tests::process::{run_with_timeout, Run, DEFAULT_TIMEOUT};
 use husk_tests::scratch_dir;
@@ -158,11 +159,10 @@ fn kernel_empty_file() {
 #[test]
 fn kernel_truncated_elf_segment() {
     let bytes = std::fs::read(hello()).expect("reading the hello guest");
-    let elf = Elf64::parse(&bytes).expect("parsing the hello guest");
-    let load = elf
-        .loads
+    let headers = program_headers(&bytes).expect("parsing the hello guest");
+    let load = headers
         .iter()
-        .find(|l| l.filesz > 16)
+        .find(|ph| ph.p_type == PT_LOAD && ph.filesz > 16)
         .expect("a loadable segment with content");
     let cut = (load.offset + load.filesz / 2) as usize;
     let dir = scratch_dir("kernel-truncated").expect("scratch dir");
