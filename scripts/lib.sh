@@ -14,15 +14,6 @@ apt_install() {
     fi
 }
 
-# husk_kvm_flavour: prints "hardware", "pvm", "unknown" or "none" for this host's /dev/kvm.
-husk_kvm_flavour() {
-    if [ ! -c /dev/kvm ]; then echo none
-    elif [ -d /sys/module/kvm_pvm ]; then echo pvm
-    elif [ -d /sys/module/kvm_intel ] || [ -d /sys/module/kvm_amd ]; then echo hardware
-    else echo unknown
-    fi
-}
-
 # step MESSAGE: prints a visible step header.
 step() {
     printf '\n==> %s\n' "$*" >&2
