@@ -10,8 +10,11 @@
 //! notification never leaves the kernel) and the device registers with the event loop.
 //! Interrupts leave through [`Interrupt`], an irqfd plus the transport's interrupt status.
 
+pub mod block;
+pub mod chain;
 pub mod interrupt;
 pub mod mmio;
+pub mod vsock;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
