@@ -45,7 +45,7 @@ pub enum BlockError {
     NotAFile(String),
     /// the drive {path} is in use by another process (it holds a lock on it): {source}
     Locked { path: String, source: io::Error },
-    /// the drive serial {0:?} is longer than 20 bytes
+    /// the drive id (its serial) {0:?} is longer than 20 bytes
     SerialTooLong(String),
     /// cannot create the block device's event fds: {0}
     EventFd(io::Error),
@@ -139,7 +139,8 @@ impl Block {
             let (request, result) =
                 match Request::parse(mem, chain, disk.capacity(), disk.read_only()) {
                     Ok(request) => {
-                        let result = execute(disk, serial, mem, &request).map(|()| request.used_len());
+                        let result =
+                            execute(disk, serial, mem, &request).map(|()| request.used_len());
                         (Some(request.buffers.writable), result)
                     }
                     Err((e, buffers)) => (buffers.map(|b| b.writable), Err(e)),

@@ -54,11 +54,13 @@ impl Disk {
             });
         }
         // The end of a block device is its size too; metadata says 0 for those.
-        let size = file.seek(SeekFrom::End(0)).map_err(|source| BlockError::Open {
-            path: shown(),
-            source,
-        })?;
-        if size % SECTOR_SIZE != 0 {
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|source| BlockError::Open {
+                path: shown(),
+                source,
+            })?;
+        if !size.is_multiple_of(SECTOR_SIZE) {
             log::warn!(
                 "drive {}: its size {size} is not a multiple of {SECTOR_SIZE}; the last {} bytes are not visible to the guest",
                 shown(),
@@ -82,22 +84,12 @@ impl Disk {
     }
 
     /// Reads from `sector` into the guest `ranges`.
-    pub fn read(
-        &self,
-        mem: &GuestMemory,
-        ranges: &[(u64, usize)],
-        sector: u64,
-    ) -> io::Result<()> {
+    pub fn read(&self, mem: &GuestMemory, ranges: &[(u64, usize)], sector: u64) -> io::Result<()> {
         self.transfer(mem, ranges, sector, Direction::Read)
     }
 
     /// Writes the guest `ranges` to `sector`.
-    pub fn write(
-        &self,
-        mem: &GuestMemory,
-        ranges: &[(u64, usize)],
-        sector: u64,
-    ) -> io::Result<()> {
+    pub fn write(&self, mem: &GuestMemory, ranges: &[(u64, usize)], sector: u64) -> io::Result<()> {
         self.transfer(mem, ranges, sector, Direction::Write)
     }
 

@@ -202,7 +202,7 @@ impl Request {
 /// Checks that `len` bytes at `sector` are whole sectors inside a disk of `capacity`
 /// sectors.
 fn check_range(sector: u64, len: usize, capacity: u64) -> Result<(), RequestError> {
-    if len as u64 % SECTOR_SIZE != 0 {
+    if !(len as u64).is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::Unaligned(len));
     }
     let sectors = len as u64 / SECTOR_SIZE;

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::connector::VsockConnector;
-use super::muxer::{ConnectRequest, Muxer, FIRST_SOCKET_TOKEN};
+use super::muxer::{port_path, ConnectRequest, Muxer, FIRST_SOCKET_TOKEN};
 use super::packet::{op, PacketHeader, HDR_LEN, HOST_CID, TYPE_STREAM};
 use super::{EVENT_QUEUE, MAX_PKT_PAYLOAD, QUEUE_MAX_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::chain::{serve_queue, ChainBuffers, Served};
@@ -33,6 +33,8 @@ const QUEUE_SIZES: [u16; 3] = [QUEUE_MAX_SIZE; 3];
 pub enum VsockError {
     /// vsock guest CID {0} is invalid: it must be at least 3 and below 4294967295 (0, 1 and 2 are reserved, and so is -1U)
     InvalidCid(u64),
+    /// the vsock socket path {0} is too long: with "_<port>" appended it must fit the 107 bytes of a Unix socket address
+    PathTooLong(String),
     /// the vsock socket path {0} already exists; remove it (a stale socket of an earlier VM?) or choose another
     PathExists(String),
     /// cannot listen on the vsock socket {path}: {source}
@@ -72,6 +74,11 @@ impl Vsock {
             return Err(VsockError::InvalidCid(guest_cid));
         }
         let shown = uds_path.display().to_string();
+        // `sun_path` holds 108 bytes with the NUL; the longest guest-initiated path is
+        // `<uds>_4294967295`.
+        if port_path(&uds_path, u32::MAX).as_os_str().len() > 107 {
+            return Err(VsockError::PathTooLong(shown));
+        }
         if uds_path.symlink_metadata().is_ok() {
             return Err(VsockError::PathExists(shown));
         }
@@ -185,7 +192,8 @@ impl Vsock {
                         return Served::Later;
                     };
                     let payload = muxer.payload(n);
-                    if bufs.write_at(mem, 0, &hdr.to_bytes()) && bufs.write_at(mem, HDR_LEN, payload)
+                    if bufs.write_at(mem, 0, &hdr.to_bytes())
+                        && bufs.write_at(mem, HDR_LEN, payload)
                     {
                         (HDR_LEN + n) as u32
                     } else {

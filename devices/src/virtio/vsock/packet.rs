@@ -4,7 +4,6 @@
 //! Every number in a header comes from the guest and is untrusted: parsing never fails
 //! (any 44 bytes are a header), and what a field means is decided by the muxer.
 
-
 /// Size of the header on the wire.
 pub const HDR_LEN: usize = 44;
 
