@@ -45,6 +45,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("triple_fault.c", include_str!("../guests/triple_fault.c")),
     ("ready.c", include_str!("../guests/ready.c")),
     ("spin.c", include_str!("../guests/spin.c")),
+    ("common/virtio.h", include_str!("../guests/common/virtio.h")),
+    ("common/virtio.c", include_str!("../guests/common/virtio.c")),
+    ("virtio_blk.c", include_str!("../guests/virtio_blk.c")),
+    ("virtio_vsock.c", include_str!("../guests/virtio_vsock.c")),
 ];
 
 /// Flags for every guest: freestanding, no SSE (general registers only), no PIC, no
@@ -99,10 +103,18 @@ pub enum Guest {
     Ready,
     /// Prints `spin: running`, then runs until the host stops the VM.
     Spin,
+    /// Drives every virtio-blk device of the command line: pattern write, flush and
+    /// read-back (read-write drives), a rejected write (read-only drives), reads past the
+    /// end; `virtio-blk: drive <i> ...` lines, then `virtio-blk: PASS drives=<n>`.
+    VirtioBlk,
+    /// Drives the virtio-vsock device: a refused connection, a connection to a host port,
+    /// an upper-casing echo on a listening port (`test.*_port=` on the command line);
+    /// `virtio-vsock: ...` lines, then `virtio-vsock: PASS`.
+    VirtioVsock,
 }
 
 impl Guest {
-    pub const ALL: [Guest; 7] = [
+    pub const ALL: [Guest; 9] = [
         Guest::Hello,
         Guest::Bootinfo,
         Guest::Bootinfo64,
@@ -110,6 +122,8 @@ impl Guest {
         Guest::TripleFault,
         Guest::Ready,
         Guest::Spin,
+        Guest::VirtioBlk,
+        Guest::VirtioVsock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -121,6 +135,8 @@ impl Guest {
             Guest::TripleFault => "triple_fault",
             Guest::Ready => "ready",
             Guest::Spin => "spin",
+            Guest::VirtioBlk => "virtio_blk",
+            Guest::VirtioVsock => "virtio_vsock",
         }
     }
 
@@ -151,6 +167,8 @@ impl Guest {
             Guest::TripleFault => &["common/lib.c", "triple_fault.c"],
             Guest::Ready => &["common/lib.c", "ready.c"],
             Guest::Spin => &["common/lib.c", "spin.c"],
+            Guest::VirtioBlk => &["common/lib.c", "common/virtio.c", "virtio_blk.c"],
+            Guest::VirtioVsock => &["common/lib.c", "common/virtio.c", "virtio_vsock.c"],
         }
     }
 

@@ -377,3 +377,104 @@ fn config_file_unknown_key() {
     let run = vmm(&["--config", path_str(&path)]);
     assert_rejected(&run, &["config", "memory"]);
 }
+
+// ---- devices ------------------------------------------------------------------------
+
+#[test]
+fn drive_spec_without_path() {
+    let run = vmm_hello(&["--drive", "ro=on"]);
+    assert_rejected(&run, &["drive", "path"]);
+}
+
+#[test]
+fn drive_file_missing() {
+    let dir = scratch_dir("drive-missing").expect("scratch dir");
+    let path = dir.join("disk.img");
+    let spec = format!("path={}", path.display());
+    let run = vmm_hello(&["--drive", &spec]);
+    assert_rejected(&run, &["drive", path_str(&path)]);
+}
+
+#[test]
+fn drive_is_a_directory() {
+    let dir = scratch_dir("drive-dir").expect("scratch dir");
+    let spec = format!("path={}", dir.display());
+    let run = vmm_hello(&["--drive", &spec]);
+    assert_rejected(&run, &["drive", path_str(&dir)]);
+}
+
+#[test]
+fn drive_id_too_long() {
+    let dir = scratch_dir("drive-id").expect("scratch dir");
+    let path = dir.join("disk.img");
+    std::fs::write(&path, vec![0u8; 4096]).expect("writing the drive");
+    let spec = format!("path={},id={}", path.display(), "x".repeat(21));
+    let run = vmm_hello(&["--drive", &spec]);
+    assert_rejected(&run, &["drive", "id"]);
+}
+
+#[test]
+fn vsock_reserved_cid() {
+    let dir = scratch_dir("vsock-cid").expect("scratch dir");
+    let spec = format!("cid=2,uds={}", dir.join("v.sock").display());
+    let run = vmm_hello(&["--vsock", &spec]);
+    assert_rejected(&run, &["vsock", "cid"]);
+}
+
+#[test]
+fn vsock_socket_path_taken() {
+    let dir = scratch_dir("vsock-taken").expect("scratch dir");
+    let path = dir.join("v.sock");
+    std::fs::write(&path, "not a socket").expect("writing the file");
+    let spec = format!("cid=3,uds={}", path.display());
+    let run = vmm_hello(&["--vsock", &spec]);
+    assert_rejected(&run, &["vsock", path_str(&path)]);
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("reading the file back"),
+        "not a socket",
+        "husk must not touch a file that is in the way"
+    );
+}
+
+#[test]
+fn vsock_socket_path_too_long() {
+    let dir = scratch_dir("vsock-long").expect("scratch dir");
+    let path = dir.join("v".repeat(100));
+    let spec = format!("cid=3,uds={}", path.display());
+    let run = vmm_hello(&["--vsock", &spec]);
+    assert_rejected(&run, &["vsock", "too long"]);
+    assert!(!path.exists(), "nothing may be left at {}", path.display());
+}
+
+#[test]
+fn drive_used_twice_for_writing() {
+    let dir = scratch_dir("drive-twice").expect("scratch dir");
+    let path = dir.join("disk.img");
+    std::fs::write(&path, vec![0u8; 4096]).expect("writing the drive");
+    let spec = format!("path={}", path.display());
+    let run = vmm_hello(&["--drive", &spec, "--drive", &spec]);
+    assert_rejected(&run, &["drive", path_str(&path), "in use"]);
+}
+
+#[test]
+fn two_vsock_devices() {
+    let dir = scratch_dir("vsock-two").expect("scratch dir");
+    let first = format!("cid=3,uds={}", dir.join("a.sock").display());
+    let second = format!("cid=4,uds={}", dir.join("b.sock").display());
+    let run = vmm_hello(&["--vsock", &first, "--vsock", &second]);
+    assert_rejected(&run, &["--vsock"]);
+}
+
+#[test]
+fn too_many_drives() {
+    let dir = scratch_dir("drives-many").expect("scratch dir");
+    let path = dir.join("disk.img");
+    std::fs::write(&path, vec![0u8; 4096]).expect("writing the drive");
+    let spec = format!("path={},ro=on", path.display());
+    let mut args = Vec::new();
+    for _ in 0..20 {
+        args.extend(["--drive", spec.as_str()]);
+    }
+    let run = vmm_hello(&args);
+    assert_rejected(&run, &["too many"]);
+}

@@ -34,6 +34,27 @@ pub enum ConsoleConfig {
     Off,
 }
 
+/// A virtio-blk drive backed by a raw host file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriveConfig {
+    pub path: PathBuf,
+    /// The guest may read but not write; writes fail with an I/O error.
+    pub read_only: bool,
+    /// The serial the guest reads with GET_ID (at most 20 bytes); how the runtime finds a
+    /// container's drive in the guest.
+    pub id: Option<String>,
+}
+
+/// The virtio-vsock device and its hybrid host side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub guest_cid: u64,
+    /// Host clients connect here and send `CONNECT <port>`; guest connections to the host
+    /// on port P go to `<uds_path>_P`.
+    pub uds_path: PathBuf,
+}
+
 /// A whole VM.
 #[derive(Clone, Debug)]
 pub struct VmmConfig {
@@ -41,6 +62,9 @@ pub struct VmmConfig {
     pub vcpus: VcpuConfig,
     pub kernel: KernelConfig,
     pub console: ConsoleConfig,
+    /// Drives, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
+    pub drives: Vec<DriveConfig>,
+    pub vsock: Option<VsockConfig>,
     /// The KVM device; `/dev/kvm` unless a test or an unusual host says otherwise.
     pub kvm_device: PathBuf,
     /// The instant the boot timer measures from: normally the start of the process.

@@ -1,6 +1,6 @@
 //! The VMM's event loop thread: one epoll (event-manager) for every device event that does
 //! not happen on a vCPU. Virtio devices register their queue and backend events here; the
-//! loop itself only watches its quit signal, written when the VM stops.
+//! loop itself also watches its quit signal, written when the VM stops.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -53,7 +53,10 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Starts the loop; a failure of the loop itself stops the VM through `exit`.
-    pub fn start(exit: Arc<ExitState>) -> Result<Self, EventLoopError> {
+    pub fn start(
+        exit: Arc<ExitState>,
+        subscribers: Vec<Subscriber>,
+    ) -> Result<Self, EventLoopError> {
         let quit = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
         let mut manager: EventManager<Subscriber> =
             EventManager::new().map_err(EventLoopError::Create)?;
@@ -63,6 +66,9 @@ impl EventLoop {
             quitting: false,
         }));
         manager.add_subscriber(quit_event.clone());
+        for subscriber in subscribers {
+            manager.add_subscriber(subscriber);
+        }
         let thread = std::thread::Builder::new()
             .name("husk-event-loop".into())
             .spawn(move || loop {

@@ -4,9 +4,12 @@
 //!
 //! 1. open `/dev/kvm`, create the VM with its in-kernel interrupt controllers and PIT;
 //! 2. allocate guest RAM and register it with KVM;
-//! 3. load the kernel (ELF with PVH entry, ELF via the 64-bit boot protocol, or bzImage),
-//!    the initrd and the command line, then write the boot information and the MP table;
-//! 4. put the legacy devices on the port bus (COM1, i8042 reset, boot timer);
+//! 3. load the kernel (ELF with PVH entry, ELF via the 64-bit boot protocol, or bzImage)
+//!    and the initrd;
+//! 4. create the virtio devices (drives, vsock) on the MMIO bus, each with an irqfd and
+//!    ioeventfds, and load the command line with their `virtio_mmio.device=` entries;
+//!    write the boot information and the MP table; put the legacy devices on the port
+//!    bus (COM1, i8042 reset, boot timer);
 //! 5. create the vCPUs (CPUID, MSRs, LAPIC) and set the boot vCPU's entry registers.
 //!
 //! [`Vmm::run`] then starts the event loop thread and one thread per vCPU and blocks until
@@ -18,6 +21,7 @@
 mod arch;
 mod boot;
 pub mod config;
+mod device_manager;
 mod event_loop;
 mod exit;
 mod vstate;
@@ -32,6 +36,9 @@ use husk_devices::legacy::{
     BootTimer, Serial, BOOT_TIMER_PORT, COM1_IRQ, COM1_PORT_BASE, COM1_PORT_LEN, I8042,
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
+use husk_devices::virtio::block::{Block, BlockConfig};
+use husk_devices::virtio::vsock::Vsock;
+pub use husk_devices::virtio::vsock::VsockConnector;
 use husk_devices::{Bus, BusError};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -40,11 +47,14 @@ use vmm_sys_util::eventfd::EventFd;
 pub use arch::x86_64::mptable::MAX_CPUS;
 pub use boot::BootError;
 pub use config::{
-    ConsoleConfig, KernelConfig, MemoryConfig, VcpuConfig, VmmConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, VcpuConfig, VmmConfig, VsockConfig,
+    DEFAULT_CMDLINE,
 };
+pub use device_manager::DeviceError;
 pub use exit::ExitReason;
 
 use arch::x86_64::{mptable, regs};
+use device_manager::DeviceManager;
 use event_loop::EventLoop;
 use exit::ExitState;
 use vstate::vcpu::Vcpu;
@@ -80,6 +90,12 @@ pub enum Error {
     Irq(u32, kvm_ioctls::Error),
     /// Cannot place a device on the bus: {0}
     Bus(#[from] BusError),
+    /// {0}
+    Device(#[from] DeviceError),
+    /// Drive {0}: {1}
+    Drive(String, husk_devices::virtio::block::BlockError),
+    /// vsock: {0}
+    Vsock(husk_devices::virtio::vsock::VsockError),
     /// {0}
     EventLoop(#[from] event_loop::EventLoopError),
     /// Cannot start a vCPU thread: {0}
@@ -117,6 +133,8 @@ pub struct Vmm {
     _guest_memory: GuestMemoryMmap,
     exit: Arc<ExitState>,
     ready_after: Arc<OnceLock<Duration>>,
+    subscribers: Vec<event_loop::Subscriber>,
+    vsock_connector: Option<VsockConnector>,
 }
 
 impl Vmm {
@@ -150,7 +168,29 @@ impl Vmm {
             Some(path) => Some(boot::load_initrd(&guest_memory, path, kernel_end)?),
             None => None,
         };
-        let cmdline = config.kernel.cmdline.trim();
+        let mut devices = DeviceManager::new();
+        for drive in &config.drives {
+            let block = Block::new(BlockConfig {
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                serial: drive.id.clone(),
+            })
+            .map_err(|e| Error::Drive(drive.path.display().to_string(), e))?;
+            devices.add_virtio(&vm, &guest_memory, Arc::new(Mutex::new(block)))?;
+        }
+        let mut vsock_connector = None;
+        if let Some(vsock) = &config.vsock {
+            let device =
+                Vsock::new(vsock.guest_cid, vsock.uds_path.clone()).map_err(Error::Vsock)?;
+            vsock_connector = Some(device.connector());
+            devices.add_virtio(&vm, &guest_memory, Arc::new(Mutex::new(device)))?;
+        }
+        let mut cmdline = config.kernel.cmdline.trim().to_string();
+        for entry in devices.cmdline_entries() {
+            cmdline.push(' ');
+            cmdline.push_str(entry);
+        }
+        let cmdline = cmdline.trim();
         boot::load_command_line(&guest_memory, cmdline)?;
         boot::write_boot_info(
             &guest_memory,
@@ -165,7 +205,8 @@ impl Vmm {
         let exit = Arc::new(ExitState::new());
         let ready_after = Arc::new(OnceLock::new());
         let pio = Arc::new(legacy_bus(&vm, &config, &exit, &ready_after)?);
-        let mmio = Arc::new(Bus::new());
+        let (mmio, subscribers) = devices.into_parts();
+        let mmio = Arc::new(mmio);
 
         let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
         for id in 0..vcpu_count {
@@ -187,7 +228,14 @@ impl Vmm {
             _guest_memory: guest_memory,
             exit,
             ready_after,
+            subscribers,
+            vsock_connector,
         })
+    }
+
+    /// Opens streams to guest vsock ports from this process, if the VM has vsock.
+    pub fn vsock_connector(&self) -> Option<VsockConnector> {
+        self.vsock_connector.clone()
     }
 
     pub fn stop_handle(&self) -> StopHandle {
@@ -197,7 +245,8 @@ impl Vmm {
     /// Runs the VM until it ends and returns why.
     pub fn run(mut self) -> Result<VmExit, Error> {
         install_kick_handler()?;
-        let mut event_loop = EventLoop::start(self.exit.clone())?;
+        let subscribers = std::mem::take(&mut self.subscribers);
+        let mut event_loop = EventLoop::start(self.exit.clone(), subscribers)?;
 
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {

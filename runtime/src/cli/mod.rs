@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a bare VM: a kernel, an initrd and a command line, no containers.
-    Vmm(vmm::VmmArgs),
+    Vmm(Box<vmm::VmmArgs>),
     /// Print what this host offers husk, as JSON.
     Info,
 }
@@ -48,7 +48,7 @@ pub fn main(start: Instant) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Vmm(args) => vmm::run(args, start),
+        Command::Vmm(args) => vmm::run(*args, start),
         Command::Info => info::run(),
     };
     match result {

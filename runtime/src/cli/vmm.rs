@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use clap::Args;
 use husk_vmm::{
-    ConsoleConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
-    DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
+    VsockConfig, DEFAULT_CMDLINE,
 };
 use serde::Deserialize;
 
@@ -39,8 +39,16 @@ pub struct VmmArgs {
     /// Guest console: stdout, file=PATH or off [default: stdout]
     #[arg(long, value_parser = parse_console)]
     console: Option<ConsoleConfig>,
+    /// A virtio-blk drive backed by a raw file: path=FILE[,ro=on|off][,id=SERIAL]
+    /// (repeatable; the guest sees them as /dev/vda, /dev/vdb, ... in this order)
+    #[arg(long = "drive", value_name = "SPEC", value_parser = parse_drive)]
+    drives: Vec<DriveConfig>,
+    /// A virtio-vsock device: cid=N,uds=PATH (N >= 3). Host clients connect to PATH and
+    /// send "CONNECT <port>"; guest connections to the host's port P go to PATH_P
+    #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
+    vsock: Option<VsockConfig>,
     /// Read these settings from a JSON file (keys: kernel, initrd, cmdline, mem_mib, vcpus,
-    /// console); flags given as well override it
+    /// console, drives, vsock); flags given as well override it
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -55,6 +63,91 @@ struct VmmFile {
     mem_mib: Option<u64>,
     vcpus: Option<u64>,
     console: Option<String>,
+    drives: Option<Vec<DriveFile>>,
+    vsock: Option<VsockFile>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct DriveFile {
+    path: PathBuf,
+    #[serde(default)]
+    read_only: bool,
+    id: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct VsockFile {
+    cid: u64,
+    uds: PathBuf,
+}
+
+/// Splits `key=value,key=value` into pairs; every item must have a value.
+fn key_values<'a>(what: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>, String> {
+    spec.split(',')
+        .map(|item| {
+            item.split_once('=')
+                .filter(|(key, _)| !key.is_empty())
+                .ok_or_else(|| format!("{what} '{spec}': '{item}' is not key=value"))
+        })
+        .collect()
+}
+
+fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
+    let mut path = None;
+    let mut read_only = false;
+    let mut id = None;
+    for (key, value) in key_values("drive", spec)? {
+        match key {
+            "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+            "ro" => {
+                read_only = match value {
+                    "on" | "true" => true,
+                    "off" | "false" => false,
+                    _ => return Err(format!("drive '{spec}': ro must be on or off")),
+                }
+            }
+            "id" if !value.is_empty() => id = Some(value.to_string()),
+            _ => {
+                return Err(format!(
+                "drive '{spec}': unknown or empty key '{key}' (use path=FILE[,ro=on][,id=SERIAL])"
+            ))
+            }
+        }
+    }
+    let path = path.ok_or_else(|| format!("drive '{spec}': path=FILE is missing"))?;
+    Ok(DriveConfig {
+        path,
+        read_only,
+        id,
+    })
+}
+
+fn parse_vsock(spec: &str) -> Result<VsockConfig, String> {
+    let mut cid = None;
+    let mut uds = None;
+    for (key, value) in key_values("vsock", spec)? {
+        match key {
+            "cid" => {
+                cid = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| format!("vsock '{spec}': cid '{value}' is not a number"))?,
+                )
+            }
+            "uds" if !value.is_empty() => uds = Some(PathBuf::from(value)),
+            _ => {
+                return Err(format!(
+                    "vsock '{spec}': unknown or empty key '{key}' (use cid=N,uds=PATH)"
+                ))
+            }
+        }
+    }
+    Ok(VsockConfig {
+        guest_cid: cid.ok_or_else(|| format!("vsock '{spec}': cid=N is missing"))?,
+        uds_path: uds.ok_or_else(|| format!("vsock '{spec}': uds=PATH is missing"))?,
+    })
 }
 
 fn parse_console(value: &str) -> Result<ConsoleConfig, String> {
@@ -105,6 +198,27 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
             (kernel, initrd.or_else(|| Some(guest::default_initrd())))
         }
     };
+    let drives = if args.drives.is_empty() {
+        file.drives
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| DriveConfig {
+                path: d.path,
+                read_only: d.read_only,
+                id: d.id,
+            })
+            .collect()
+    } else {
+        args.drives
+    };
+    let vsock = match (args.vsock, file.vsock) {
+        (Some(flag), _) => Some(flag),
+        (None, Some(f)) => Some(VsockConfig {
+            guest_cid: f.cid,
+            uds_path: f.uds,
+        }),
+        (None, None) => None,
+    };
     let mem_mib = args.mem_mib.or(file.mem_mib).unwrap_or(DEFAULT_MEM_MIB);
     let vcpus = args.vcpus.or(file.vcpus).unwrap_or(DEFAULT_VCPUS);
     let vcpus = u8::try_from(vcpus).map_err(|_| {
@@ -125,6 +239,8 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
                 .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
         },
         console,
+        drives,
+        vsock,
         kvm_device: guest::kvm_device(),
         start_time: start,
     })
@@ -182,6 +298,51 @@ mod tests {
         );
         assert!(parse_console("file=").is_err());
         assert!(parse_console("serial").is_err());
+    }
+
+    #[test]
+    fn drive_specs() {
+        assert_eq!(
+            parse_drive("path=/img,ro=on,id=disk1"),
+            Ok(DriveConfig {
+                path: "/img".into(),
+                read_only: true,
+                id: Some("disk1".into())
+            })
+        );
+        assert_eq!(parse_drive("path=/img").map(|d| d.read_only), Ok(false));
+        for bad in [
+            "",
+            "/img",
+            "ro=on",
+            "path=",
+            "path=/img,ro=yes",
+            "path=/img,size=3",
+            "path=/img,id=",
+        ] {
+            assert!(parse_drive(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn vsock_specs() {
+        assert_eq!(
+            parse_vsock("cid=3,uds=/run/v.sock"),
+            Ok(VsockConfig {
+                guest_cid: 3,
+                uds_path: "/run/v.sock".into()
+            })
+        );
+        // The cid's range is the device's to check.
+        for bad in [
+            "cid=3",
+            "uds=/v",
+            "cid=x,uds=/v",
+            "cid=3,uds=",
+            "cid=3,uds=/v,x=1",
+        ] {
+            assert!(parse_vsock(bad).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Start of the MMIO hole below 4 GiB; RAM beyond it continues at 4 GiB.
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+/// Virtio-mmio windows, one page each, from here upward (inside the hole).
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+/// IOAPIC pins for virtio devices: 5..=23 (0-4 are the PIT, keyboard, cascade and COMs,
+/// and the IOAPIC has 24 pins, all in the MP table).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+pub const VIRTIO_IRQ_LAST: u32 = 23;
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
