@@ -116,3 +116,8 @@ pub fn scratch_dir(name: &str) -> Result<ScratchDir, Error> {
         .map_err(|e| Error(format!("cannot create {}: {e}", dir.display())))?;
     Ok(ScratchDir(dir))
 }
+
+/// A path as the `&str` a command line wants; test paths are UTF-8.
+pub fn path_str(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
+}

@@ -40,6 +40,21 @@ impl Run {
         )
     }
 
+    /// Asserts a clean run: exit 0, no error and no panic on stderr.
+    pub fn assert_clean_exit(&self) {
+        assert_eq!(
+            self.code(),
+            Some(0),
+            "husk did not exit 0\n{}",
+            self.describe()
+        );
+        assert!(
+            self.error_lines().is_empty() && !self.stderr.contains("panicked"),
+            "husk reported an error\n{}",
+            self.describe()
+        );
+    }
+
     /// The stderr lines that start with `husk: error:`.
     pub fn error_lines(&self) -> Vec<&str> {
         self.stderr
@@ -119,4 +134,9 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Run, Err
             }
         }
     }
+}
+
+/// A guest console's lines (COM1 output ends lines with "\r\n").
+pub fn console_lines(text: &str) -> Vec<&str> {
+    text.lines().map(|l| l.trim_end_matches('\r')).collect()
 }

@@ -2,13 +2,13 @@
 //! clear `husk: error:` line that names the problem, no panic and no hang (every run is
 //! bounded by the support library's timeout).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use husk_tests::elf::{program_headers, EM_AARCH64, PT_LOAD};
 use husk_tests::guests::{guest_dir, guest_path, Guest};
 use husk_tests::husk::{husk_command, husk_vmm};
 use husk_tests::process::{run_with_timeout, Run, DEFAULT_TIMEOUT};
-use husk_tests::scratch_dir;
+use husk_tests::{path_str, scratch_dir};
 
 /// A file that open(2) refuses even to root: sysctl files are checked against their mode
 /// bits for every user, and this one is write-only (0200).
@@ -16,10 +16,6 @@ const WRITE_ONLY_SYSCTL: &str = "/proc/sys/vm/drop_caches";
 
 fn hello() -> PathBuf {
     guest_path(Guest::Hello).expect("building the test guests")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
 }
 
 /// Asserts the shape every bad-input failure must have, and that the one error line

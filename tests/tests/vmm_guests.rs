@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use husk_tests::guests::{guest_dir, guest_path, Guest};
 use husk_tests::husk::husk_vmm;
-use husk_tests::process::Run;
-use husk_tests::scratch_dir;
+use husk_tests::process::{console_lines, Run};
+use husk_tests::{path_str, scratch_dir};
 
 const HELLO_MARKER: &str = "husk-test-guest: hello";
 /// What husk's memory map leaves out of RAM below 1 MiB (contract addendum of 16:50):
@@ -21,26 +21,6 @@ fn guest(g: Guest) -> PathBuf {
 
 fn run(args: &[&str]) -> Run {
     husk_vmm(args).expect("running husk vmm")
-}
-
-/// The guest's console lines (COM1 output ends lines with "\r\n").
-fn console_lines(text: &str) -> Vec<&str> {
-    text.lines().map(|l| l.trim_end_matches('\r')).collect()
-}
-
-/// Asserts a clean run: exit 0, no error and no panic on stderr.
-fn assert_clean_exit(run: &Run) {
-    assert_eq!(
-        run.code(),
-        Some(0),
-        "husk did not exit 0\n{}",
-        run.describe()
-    );
-    assert!(
-        run.error_lines().is_empty() && !run.stderr.contains("panicked"),
-        "husk reported an error\n{}",
-        run.describe()
-    );
 }
 
 /// The one console line starting with `prefix`; fails if there is none or more than one.
@@ -89,7 +69,7 @@ fn check_boot_report(g: Guest, mem_mib: u64, vcpus: u32) {
         "--vcpus",
         &cpus,
     ]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert!(
         !run.stdout.contains(": error:"),
         "the guest reported an error\n{}",
@@ -117,10 +97,6 @@ fn check_boot_report(g: Guest, mem_mib: u64, vcpus: u32) {
     );
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
-
 #[test]
 fn guests_build_as_elf64_with_pvh_note_where_expected() {
     for g in Guest::ALL {
@@ -138,7 +114,7 @@ fn guests_build_as_elf64_with_pvh_note_where_expected() {
 fn hello_prints_and_exits_zero() {
     let kernel = guest(Guest::Hello);
     let run = run(&["--kernel", path_str(&kernel)]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_eq!(
         console_lines(&run.stdout),
         vec![HELLO_MARKER],
@@ -182,7 +158,7 @@ fn check_smp(vcpus: u32) {
     let kernel = guest(Guest::Smp);
     let n = vcpus.to_string();
     let run = run(&["--kernel", path_str(&kernel), "--vcpus", &n]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     let ap_ids: Vec<String> = (1..vcpus).map(|i| i.to_string()).collect();
     let expected = format!("smp: cpus_online={vcpus} ap_apic_ids={}", ap_ids.join(","));
     assert_eq!(
@@ -245,7 +221,7 @@ fn console_file_receives_the_output() {
     let kernel = guest(Guest::Hello);
     let console = format!("file={}", out.display());
     let run = run(&["--kernel", path_str(&kernel), "--console", &console]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_eq!(run.stdout, "", "nothing on stdout\n{}", run.describe());
     let text = std::fs::read_to_string(&out).expect("reading the console file");
     assert_eq!(
@@ -259,7 +235,7 @@ fn console_file_receives_the_output() {
 fn console_off_prints_nothing() {
     let kernel = guest(Guest::Hello);
     let run = run(&["--kernel", path_str(&kernel), "--console", "off"]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_eq!(run.stdout, "", "nothing on stdout\n{}", run.describe());
     assert_eq!(run.stderr, "", "nothing on stderr\n{}", run.describe());
 }
@@ -284,7 +260,7 @@ fn config_file_run_equals_flags_run() {
         "--console",
         "stdout",
     ]);
-    assert_clean_exit(&flags);
+    flags.assert_clean_exit();
     let config = dir.join("vm.json");
     let json = serde_json::json!({
         "kernel": kernel,
@@ -296,7 +272,7 @@ fn config_file_run_equals_flags_run() {
     });
     std::fs::write(&config, json.to_string()).expect("writing the config file");
     let file = run(&["--config", path_str(&config)]);
-    assert_clean_exit(&file);
+    file.assert_clean_exit();
     assert_eq!(
         file.stdout,
         flags.stdout,
@@ -321,7 +297,7 @@ fn config_file_run_equals_flags_run() {
 fn ready_port_reports_the_boot_time_once() {
     let kernel = guest(Guest::Ready);
     let run = run(&["--kernel", path_str(&kernel)]);
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_eq!(
         console_lines(&run.stdout),
         vec!["ready: signalled"],

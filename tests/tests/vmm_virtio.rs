@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use husk_tests::guests::{guest_path, Guest};
 use husk_tests::husk::husk_vmm;
-use husk_tests::process::{Run, DEFAULT_TIMEOUT};
-use husk_tests::scratch_dir;
+use husk_tests::process::{console_lines, Run, DEFAULT_TIMEOUT};
+use husk_tests::{path_str, scratch_dir};
 
 const SECTOR: usize = 512;
 /// The guest writes its pattern to this many sectors at sector 0 and at the end.
@@ -22,30 +22,6 @@ const PATTERN_SECTORS: u64 = 8;
 
 fn guest(g: Guest) -> PathBuf {
     guest_path(g).expect("building the test guests")
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("test paths are UTF-8")
-}
-
-/// The guest's console lines (COM1 output ends lines with "\r\n").
-fn console_lines(text: &str) -> Vec<&str> {
-    text.lines().map(|l| l.trim_end_matches('\r')).collect()
-}
-
-/// Asserts a clean run: exit 0, no error and no panic on stderr.
-fn assert_clean_exit(run: &Run) {
-    assert_eq!(
-        run.code(),
-        Some(0),
-        "husk did not exit 0\n{}",
-        run.describe()
-    );
-    assert!(
-        run.error_lines().is_empty() && !run.stderr.contains("panicked"),
-        "husk reported an error\n{}",
-        run.describe()
-    );
 }
 
 /// Asserts the guest reported no failure and ended with `pass`.
@@ -255,7 +231,7 @@ fn blk_pattern_flush_readback_and_read_only_drive() {
         &format!("path={},ro=on", path_str(&ro.path)),
     ])
     .expect("running husk vmm");
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_guest_passed(&run, "virtio-blk", "virtio-blk: PASS drives=2");
 
     check_drive_line(&run, 0, 512, false, Some("husk-serial-01"));
@@ -306,7 +282,7 @@ fn blk_several_drives_in_order_with_serials() {
         });
     }
     let run = husk_vmm(&args).expect("running husk vmm");
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_guest_passed(&run, "virtio-blk", "virtio-blk: PASS drives=3");
     let mut bases = Vec::new();
     for (i, (drive, serial)) in drives.iter().zip(serials).enumerate() {
@@ -564,7 +540,7 @@ fn vsock_both_directions_and_refused_connections() {
     let host = host.unwrap_or_else(|e| panic!("host -> guest: {e}\n{}", run.describe()));
     let server = server.unwrap_or_else(|e| panic!("guest -> host: {e}\n{}", run.describe()));
 
-    assert_clean_exit(&run);
+    run.assert_clean_exit();
     assert_guest_passed(&run, "virtio-vsock", "virtio-vsock: PASS");
     let device = line_with_prefix(&run, "virtio-vsock: device at ");
     assert_eq!(
