@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, builds the guest and husk, and runs
-# every test layer (unit, layer 1 on this host's /dev/kvm, layer 5 Linux boots in the
-# nested lab or directly on hardware KVM). Run as root on Debian 12.
+# every test layer (unit, layer 1 on this host's /dev/kvm, layer 5 Linux boots and Linux's
+# virtio drivers against husk's devices, in the nested lab or directly on hardware KVM). Run
+# as root on Debian 12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 step "packages"
-apt_install build-essential qemu-system-x86 busybox-static cpio
+apt_install build-essential qemu-system-x86 busybox-static cpio e2fsprogs
 
 step "guest kernel, agent and initramfs (resources/build-guest.sh)"
 resources/build-guest.sh
@@ -24,5 +25,8 @@ cargo test --workspace
 
 step "layer 5: Linux guest boots (tests/lab/run.sh linux-boot)"
 tests/lab/run.sh linux-boot
+
+step "layer 5: virtio-blk and virtio-vsock under Linux (tests/lab/run.sh virtio)"
+tests/lab/run.sh virtio
 
 step "all tests passed"

@@ -11,6 +11,11 @@
 #                                      and the ratio husk/QEMU
 #   tests/lab/run.sh selftest          the lab itself: /dev/kvm and QEMU microvm booting the
 #                                      guest kernel with a busybox initramfs (and husk too)
+#   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
+#                                      against husk's devices, with the device-test guest
+#                                      (tests/lab/guest); TESTs: blk fsync vsock (default:
+#                                      all, each one guest boot); prints FIGURE: lines with
+#                                      the vsock transfer rates
 #
 # Exit status: 0 when every check passed (for bench-boot: every run was valid), else
 # non-zero; 125 when the lab itself failed (timeout, no status).
@@ -25,6 +30,8 @@
 #   HUSK_GUEST_KERNEL, HUSK_GUEST_INITRD   override those two paths
 #   HUSK_BOOT_TIMEOUT  seconds after which one guest boot is killed and failed (default 300;
 #                      a boot takes ~3 s in the lab)
+#   HUSK_VSOCK_BYTES, HUSK_VSOCK_CONNS   virtio: the size of each big vsock transfer (default
+#                      268435456) and the number of concurrent connections (default 64)
 #   and lab.sh's HUSK_LAB_TIMEOUT, HUSK_LAB_MEM_MIB, HUSK_LAB_SMP, HUSK_LAB_KEEP.
 set -euo pipefail
 
@@ -66,6 +73,11 @@ GROUP=$1
 shift
 case "$GROUP" in
     linux-boot | selftest) [ $# -eq 0 ] || usage ;;
+    virtio)
+        for t in "$@"; do
+            case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
+        done
+        ;;
     bench-boot)
         RUNS=${1:-3}
         if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
@@ -176,6 +188,29 @@ INIT
             FILES+=("$husk")
             ENVS+=("HUSK=$husk")
         fi
+        ;;
+    virtio)
+        scenario=$HERE/scenarios/virtio.sh
+        [ -f "$GUEST_KERNEL" ] ||
+            die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh"
+        apt_install busybox-static cpio e2fsprogs gcc libc6-dev
+        # The device-test guest: labtool (static, for both ends) and its initramfs.
+        "$HERE/guest/build.sh" "$WORK/guest" >/dev/null ||
+            die "tests/lab/guest/build.sh failed"
+        tools=()
+        for tool in mkfs.ext4 debugfs e2fsck; do
+            path=$(PATH=$PATH:/usr/sbin:/sbin command -v "$tool") ||
+                die "$tool is not installed (e2fsprogs)"
+            tools+=("$path")
+        done
+        husk=$(husk_binary)
+        FILES+=("$husk" "$GUEST_KERNEL" "$WORK/guest/devtest.cpio" "$WORK/guest/labtool"
+            "${tools[@]}")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
+            "DEVTEST_INITRD=$WORK/guest/devtest.cpio" "LABTOOL=$WORK/guest/labtool"
+            "MKFS_EXT4=${tools[0]}" "DEBUGFS=${tools[1]}" "E2FSCK=${tools[2]}"
+            "VSOCK_BYTES=${HUSK_VSOCK_BYTES:-268435456}" "VSOCK_CONNS=${HUSK_VSOCK_CONNS:-64}")
+        ARGS=("$@")
         ;;
 esac
 

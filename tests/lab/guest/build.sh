@@ -1,0 +1,54 @@
+#!/bin/bash
+# Builds the device-test guest of the layer-5 virtio scenarios (scenarios/virtio.sh) into
+# OUTDIR:
+#   OUTDIR/labtool             labtool.c, static (gcc -static): the lab host's copy
+#   OUTDIR/devtest.cpio        an uncompressed newc initramfs: busybox-static with its
+#                              applet links in /bin, the same static labtool in /bin, and
+#                              init.sh as /init (the test is chosen by husk.test=...)
+#
+#   tests/lab/guest/build.sh OUTDIR
+#
+# Needs gcc with the static glibc (libc6-dev), busybox-static and cpio; as root it
+# apt-get installs busybox-static and cpio when they are missing. Takes about a second.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../../.." && pwd)
+die() {
+    echo "guest/build.sh: error: $*" >&2
+    exit 1
+}
+[ $# -eq 1 ] || die "usage: tests/lab/guest/build.sh OUTDIR"
+OUT=$1
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# shellcheck source-path=SCRIPTDIR source=../../../scripts/lib.sh
+. "$REPO/scripts/lib.sh" # apt_install
+apt_install busybox-static cpio
+BUSYBOX=/bin/busybox
+if ldd "$BUSYBOX" >/dev/null 2>&1; then
+    die "$BUSYBOX is not the static busybox (install busybox-static)"
+fi
+command -v gcc >/dev/null || die "gcc is needed (build-essential)"
+
+gcc -O2 -Wall -Wextra -Werror -static -o "$OUT/labtool" "$HERE/labtool.c" ||
+    die "gcc -static of labtool.c failed (is libc6-dev with libc.a installed?)"
+if readelf -lW "$OUT/labtool" | grep -q INTERP; then
+    die "$OUT/labtool is not static"
+fi
+
+stage=$(mktemp -d "$OUT/.stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage"/{bin,dev,proc,sys,mnt,tmp}
+cp "$BUSYBOX" "$stage/bin/busybox"
+for applet in $("$BUSYBOX" --list); do
+    [ "$applet" = busybox ] || ln -s busybox "$stage/bin/$applet"
+done
+cp "$OUT/labtool" "$stage/bin/labtool"
+install -m 0755 "$HERE/init.sh" "$stage/init"
+mknod -m 0600 "$stage/dev/console" c 5 1 2>/dev/null || true
+(cd "$stage" && find . -mindepth 1 | sed 's|^\./||' | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0) >"$OUT/devtest.cpio"
+echo "labtool=$OUT/labtool"
+echo "initramfs=$OUT/devtest.cpio"

@@ -1,0 +1,216 @@
+#!/bin/sh
+# /init of the device-test guest (tests/lab/guest/build.sh puts it in an initramfs with
+# busybox-static and labtool). The test is chosen on the kernel command line:
+#
+#   husk.test=blk     Drives found by serial (GET_ID): lab-rw (ext4) and lab-ro (ext4 on a
+#                     read-only drive). Reports every drive's name, size, read-only flag and
+#                     serial; on lab-rw reads the host's /hello, writes three files of known
+#                     patterns, syncs, unmounts, drops the caches, mounts it again and
+#                     verifies them (read back from the device); on lab-ro verifies the host's
+#                     /data, then tries to write (to the mounted fs, raw to the device, also
+#                     after `blockdev --setrw`): each attempt must fail.
+#   husk.test=fsync   Drives lab-raw (raw) and lab-ext4 (ext4). Writes 4 MiB raw to lab-raw
+#                     and fsyncs, writes /durable on lab-ext4 and fsyncs it (and the
+#                     directory), then prints LABGUEST-FSYNC-DONE and keeps writing
+#                     (unsynced) until the host kill -9s the VMM at that line.
+#   husk.test=vsock   Listens on vsock port husk.vsock_port (default 5000) for
+#                     1 + husk.vsock_conns connections; first runs the guest-initiated part
+#                     (to CID 2: a put of husk.vsock_bytes bytes to port husk.vsock_up_port,
+#                     then husk.vsock_conns concurrent mixed put/get connections to port
+#                     husk.vsock_many_port, and a connection to husk.vsock_none_port, where
+#                     nothing listens, which must be reset), then prints LABGUEST-HOST-TURN
+#                     and waits for the host-initiated part to finish (its own server's
+#                     connections).
+#
+# Each result is a line "LABGUEST-PASS: ..." or "LABGUEST-FAIL: ..."; the host scenario turns
+# them into checks. "LABGUEST-DONE <test>" is the last line of a test that ran to its end;
+# then the guest resets with `reboot -f` (reboot=k: husk exits 0).
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+param() {
+    # shellcheck disable=SC2013 # the command line is words
+    for word in $(cat /proc/cmdline); do
+        case "$word" in "$1="*) echo "${word#*=}"; return 0 ;; esac
+    done
+    echo "$2"
+}
+
+ok() { echo "LABGUEST-PASS: $*"; }
+bad() { echo "LABGUEST-FAIL: $*"; }
+# expect_ok WHAT COMMAND...: PASS if COMMAND succeeds; FAIL with its output otherwise.
+expect_ok() {
+    _what=$1
+    shift
+    if _out=$("$@" 2>&1); then ok "$_what"; else bad "$_what: '$*' failed: $_out"; fi
+}
+# expect_fail WHAT COMMAND...: PASS if COMMAND fails (showing its error), FAIL otherwise.
+expect_fail() {
+    _what=$1
+    shift
+    if _out=$("$@" 2>&1); then
+        bad "$_what: expected '$*' to fail, it succeeded${_out:+ ($_out)}"
+    else
+        ok "$_what (refused: $(echo "$_out" | head -n 1))"
+    fi
+}
+# report_drives: one line per virtio drive, which the host checks: its name, size in
+# 512-byte sectors, read-only flag and serial (GET_ID).
+report_drives() {
+    found=0
+    for d in /sys/block/vd*; do
+        [ -e "$d" ] || continue
+        found=1
+        echo "LABGUEST-DRIVE ${d##*/} size=$(cat "$d/size") ro=$(cat "$d/ro") serial=$(cat "$d/serial" 2>/dev/null || echo -)"
+    done
+    [ "$found" = 1 ] || bad "the guest has virtio drives (/sys/block has: $(echo /sys/block/*))"
+}
+# dev_by_serial SERIAL: the /dev path of the drive with that serial (found by GET_ID).
+dev_by_serial() {
+    for d in /sys/block/vd*; do
+        if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then
+            echo "/dev/${d##*/}"
+            return 0
+        fi
+    done
+    bad "no drive has the serial $1"
+    return 1
+}
+
+test_blk() {
+    report_drives
+    rw=$(dev_by_serial lab-rw) || return
+    ro=$(dev_by_serial lab-ro) || return
+    mkdir -p /mnt/rw /mnt/ro
+    if ! out=$(mount -t ext4 "$rw" /mnt/rw 2>&1); then
+        bad "mount ext4 $rw (lab-rw): $out"
+        return
+    fi
+    ok "mounted the ext4 filesystem of $rw (lab-rw)"
+    expect_ok "the host's file /hello on lab-rw reads 'made on the host'" \
+        grep -qx 'made on the host' /mnt/rw/hello
+    mkdir -p /mnt/rw/dir
+    if ! { labtool gen 11 4194304 >/mnt/rw/big && labtool gen 12 1048699 >/mnt/rw/dir/odd &&
+        echo "written in the guest" >/mnt/rw/dir/small; }; then
+        bad "writing the files on $rw failed"
+    fi
+    expect_ok "sync" sync
+    expect_ok "unmount $rw" umount /mnt/rw
+    echo 3 >/proc/sys/vm/drop_caches
+    if ! out=$(mount -t ext4 -o ro "$rw" /mnt/rw 2>&1); then
+        bad "mount $rw again: $out"
+        return
+    fi
+    expect_ok "/big (4 MiB, pattern 11) reads back from lab-rw after a remount" \
+        labtool check 11 4194304 /mnt/rw/big
+    expect_ok "/dir/odd (1048699 bytes, pattern 12) reads back from lab-rw after a remount" \
+        labtool check 12 1048699 /mnt/rw/dir/odd
+    umount /mnt/rw
+
+    if ! out=$(mount -t ext4 -o ro "$ro" /mnt/ro 2>&1); then
+        bad "mount ext4 -o ro $ro (lab-ro): $out"
+        return
+    fi
+    ok "mounted the ext4 of the read-only drive $ro (lab-ro) read-only"
+    expect_ok "the host's /data (2 MiB, pattern 21) reads back from the read-only drive" \
+        labtool check 21 2097152 /mnt/ro/data
+    expect_fail "creating a file on the read-only drive's filesystem fails" \
+        labtool write-fsync /mnt/ro/new 22 4096
+    umount /mnt/ro
+    expect_fail "writing to the read-only $ro fails" \
+        labtool write-fsync "$ro" 23 65536
+    expect_fail "dd onto the read-only $ro fails" \
+        dd if=/dev/zero of="$ro" bs=4096 count=16 conv=fsync
+    # Linux refuses the write itself (the drive offers VIRTIO_BLK_F_RO); clearing the flag
+    # does not make the disk writable either.
+    blockdev --setrw "$ro" 2>/dev/null
+    expect_fail "dd onto $ro after 'blockdev --setrw' still fails" \
+        dd if=/dev/zero of="$ro" bs=4096 count=16 conv=fsync
+}
+
+test_fsync() {
+    report_drives
+    raw=$(dev_by_serial lab-raw) || return
+    ext=$(dev_by_serial lab-ext4) || return
+    # "write back": the drive offers VIRTIO_BLK_F_FLUSH, so every fsync below ends in a
+    # flush request that husk completes only once the data is written to the image.
+    cache=$(cat "/sys/block/${raw#/dev/}/queue/write_cache")
+    if [ "$cache" = "write back" ]; then
+        ok "the drives are write-back caches (fsync sends flushes): $raw is '$cache'"
+    else
+        bad "the drives are write-back caches (fsync sends flushes): $raw is '$cache'"
+    fi
+    if ! labtool write-fsync "$raw" 31 4194304; then
+        bad "write-fsync of 4 MiB (pattern 31) to the raw $raw (lab-raw)"
+        return
+    fi
+    mkdir -p /mnt/rw
+    if ! out=$(mount -t ext4 "$ext" /mnt/rw 2>&1); then
+        bad "mount ext4 $ext (lab-ext4): $out"
+        return
+    fi
+    if ! labtool write-fsync /mnt/rw/durable 32 3145728; then
+        bad "write-fsync of /durable (3 MiB, pattern 32) on the ext4 of $ext (lab-ext4)"
+        return
+    fi
+    echo "LABGUEST-FSYNC-DONE"
+    # Keep the filesystem mounted and busy (unsynced writes) until the host kills the VMM.
+    while :; do
+        labtool gen 33 1048576 >/mnt/rw/scratch
+        sleep 1
+    done
+}
+
+test_vsock() {
+    port=$(param husk.vsock_port 5000)
+    bytes=$(param husk.vsock_bytes 268435456)
+    conns=$(param husk.vsock_conns 64)
+    up=$(param husk.vsock_up_port 6000)
+    many=$(param husk.vsock_many_port 6001)
+    none=$(param husk.vsock_none_port 6002)
+    timeout=$(param husk.vsock_timeout 600)
+    labtool serve --vsock-port "$port" --count $((conns + 1)) --timeout "$timeout" &
+    server=$!
+    if labtool client --vsock "2:$up" --timeout "$timeout" put 41 "$bytes"; then
+        ok "guest-initiated: $bytes bytes guest -> host (CID 2 port $up), checksums equal"
+    else
+        bad "guest-initiated: $bytes bytes guest -> host (CID 2 port $up)"
+    fi
+    if labtool client --vsock "2:$many" --conns "$conns" --timeout "$timeout" mixed 1000 65536; then
+        ok "guest-initiated: $conns concurrent connections to CID 2 port $many, mixed put/get of 64 KiB, all verified"
+    else
+        bad "guest-initiated: $conns concurrent connections to CID 2 port $many"
+    fi
+    # Nothing listens on the host's port: husk finds no socket <uds>_P and resets the
+    # connection, which connect() reports as ECONNRESET (not a timeout).
+    if out=$(labtool client --vsock "2:$none" --timeout 60 put 1 1 2>&1); then
+        bad "a connection to CID 2 port $none (no listener on the host) is refused: it was accepted"
+    else
+        case "$out" in
+            *"Connection reset by peer"*)
+                ok "a connection to CID 2 port $none (no listener on the host) is reset at once ($(echo "$out" | head -n 1 | sed 's/^client: FAIL: connection 0: //'))" ;;
+            *) bad "a connection to CID 2 port $none (no listener on the host) is reset at once: $out" ;;
+        esac
+    fi
+    echo "LABGUEST-HOST-TURN"
+    if wait "$server"; then
+        ok "guest server on port $port: the host's $((conns + 1)) connections all verified"
+    else
+        bad "guest server on port $port: not every one of the host's $((conns + 1)) connections was verified (or it timed out)"
+    fi
+}
+
+test=$(param husk.test none)
+echo "labguest: test=$test kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
+case "$test" in
+    blk) test_blk ;;
+    fsync) test_fsync ;;
+    vsock) test_vsock ;;
+    *) bad "unknown husk.test=$test (blk, fsync, vsock)" ;;
+esac
+echo "LABGUEST-DONE $test"
+reboot -f
+sleep 10
+echo "labguest: reboot -f returned"

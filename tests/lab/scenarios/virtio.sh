@@ -1,0 +1,387 @@
+#!/bin/sh
+# Scenario group "virtio" (issue 3, layer 5): Linux's own virtio-blk and virtio-vsock drivers
+# in the built guest kernel, against husk's devices under `husk vmm`. The guest is the kernel
+# with the device-test initramfs (tests/lab/guest: busybox, labtool, init.sh), which runs the
+# test named by `husk.test=` on its command line. One guest boot per test:
+#
+#   blk    drives lab-rw (ext4 made here with mkfs.ext4 -d) and lab-ro (ext4, ro=on). The
+#          guest sees each drive with the size of its file, the read-only flag and the serial
+#          given with id=; reads the host's files; writes files of known patterns on lab-rw,
+#          syncs, unmounts, remounts and reads them back; every write to lab-ro fails (on the
+#          mounted filesystem, raw to the device, and after `blockdev --setrw`); then it
+#          resets (reboot=k). Then here: husk exited 0, e2fsck -fn of both images is clean,
+#          every byte of the guest's files (dumped with debugfs) is the expected pattern, and
+#          lab-ro's image has the same sha256 as before.
+#   fsync  drives lab-raw (raw) and lab-ext4 (ext4), write-back caches (VIRTIO_BLK_F_FLUSH).
+#          The guest writes raw to lab-raw and a file on lab-ext4, fsyncs both and prints
+#          LABGUEST-FSYNC-DONE; at that line husk is killed with SIGKILL. Then here: the
+#          raw image holds the pattern, e2fsck replays the journal and then finds the
+#          filesystem clean, and the file holds the pattern, byte for byte.
+#   vsock  `--vsock cid=3,uds=U`. Guest-initiated: the guest sends VSOCK_BYTES (256 MiB) to
+#          CID 2 port 6000 (a labtool server here on U_6000), then opens VSOCK_CONNS (64)
+#          connections at once to port 6001 (U_6001), half sending and half receiving 64 KiB
+#          each; a connection to port 6002, where nothing listens, is reset. Host-initiated:
+#          `CONNECT 5999` (nothing listens there in the guest) is refused; labtool here sends
+#          VSOCK_BYTES to guest port 5000 through U (CONNECT 5000), then opens VSOCK_CONNS
+#          connections at once, mixed. Every transfer is verified byte by byte against the
+#          pattern and both ends' checksums are compared. The rates of the two big transfers
+#          (measured by the sender, from its request to the receiver's verdict) are printed
+#          as `FIGURE:` lines, a benchmark figure, not a check, with the rate of the same
+#          pattern through a pipe here without a VM (what the CPU alone allows) to compare with.
+#
+# Arguments: the tests to run (default: blk fsync vsock), one guest boot each.
+# Environment: HUSK_LAB_LIB, HUSK, GUEST_KERNEL, DEVTEST_INITRD (the device-test initramfs),
+# LABTOOL (labtool built for this host), MKFS_EXT4, DEBUGFS, E2FSCK (e2fsprogs), GNU_DATE,
+# GNU_TIMEOUT, BOOT_TIMEOUT (seconds per guest boot, default 300), VSOCK_BYTES (default
+# 268435456), VSOCK_CONNS (default 64).
+set -u
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$HUSK_LAB_LIB"
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+need_gnu_tools
+need_file "$HUSK" "the husk binary"
+need_file "$GUEST_KERNEL" "the guest kernel"
+need_file "$DEVTEST_INITRD" "the device-test initramfs"
+need_file "$LABTOOL" "labtool"
+for tool in "$MKFS_EXT4" "$DEBUGFS" "$E2FSCK"; do need_file "$tool" "e2fsprogs' tool"; done
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
+VSOCK_BYTES=${VSOCK_BYTES:-268435456}
+VSOCK_CONNS=${VSOCK_CONNS:-64}
+MEM_MIB=256
+TESTS=${*:-blk fsync vsock}
+
+# ---- running a VM ----------------------------------------------------------------------
+
+# The VM's drives (husk --drive specs, separated by spaces; paths without spaces or commas)
+# and vsock socket (empty: none) for the next vm_start.
+DRIVES=""
+VSOCK_UDS=""
+
+# vm_start NAME CMDLINE [killable]: starts husk vmm in the background with the device-test
+# guest, 1 vCPU, 256 MiB, the drives and vsock above; console to $SCRATCH/NAME.raw, stderr
+# to $SCRATCH/NAME.err. Sets VM_PID and VM_T0. Without "killable" husk runs under
+# `timeout BOOT_TIMEOUT` (status 124 when it expires; VM_PID is timeout's, which passes a
+# SIGTERM on); with it, VM_PID is husk itself.
+vm_start() {
+    _name=$1
+    _test=${2#husk.test=}
+    _test=${_test%% *}
+    # reboot=k: the guest's `reboot -f` resets through the i8042 and husk exits 0.
+    set -- "$HUSK" vmm --kernel "$GUEST_KERNEL" --initrd "$DEVTEST_INITRD" --vcpus 1 \
+        --mem-mib "$MEM_MIB" --cmdline "console=ttyS0 reboot=k panic=-1 $2"
+    for _d in $DRIVES; do set -- "$@" --drive "$_d"; done
+    if [ -n "$VSOCK_UDS" ]; then set -- "$@" --vsock "cid=3,uds=$VSOCK_UDS"; fi
+    echo "== husk vmm: husk.test=$_test ($*)"
+    VM_T0=$(now_ns)
+    if [ "${3:-}" = killable ]; then
+        "$@" </dev/null >"$SCRATCH/$_name.raw" 2>"$SCRATCH/$_name.err" &
+    else
+        "$GNU_TIMEOUT" -k 5 "$BOOT_TIMEOUT" "$@" </dev/null >"$SCRATCH/$_name.raw" \
+            2>"$SCRATCH/$_name.err" &
+    fi
+    VM_PID=$!
+}
+
+# vm_wait NAME: waits for the VMM; sets RUN_RC, RUN_MS and $SCRATCH/NAME.out.
+vm_wait() {
+    wait "$VM_PID"
+    RUN_RC=$?
+    RUN_MS=$((($(now_ns) - VM_T0) / 1000000))
+    tr -d '\r' <"$SCRATCH/$1.raw" >"$SCRATCH/$1.out"
+}
+
+# wait_console NAME TEXT: waits until the console shows the line TEXT, the VMM ends, or
+# BOOT_TIMEOUT passes since the start; succeeds only in the first case.
+wait_console() {
+    _deadline=$(($(now_ns) / 1000000000 + BOOT_TIMEOUT))
+    while :; do
+        if tr -d '\r' <"$SCRATCH/$1.raw" | grep -qx "$2"; then return 0; fi
+        # kill -0 also succeeds for an exited child not yet reaped; the shell reaps it
+        # while it runs the next foreground command (sleep), so this ends one round later.
+        kill -0 "$VM_PID" 2>/dev/null || return 1
+        [ "$(($(now_ns) / 1000000000))" -lt "$_deadline" ] || return 1
+        sleep 0.05
+    done
+}
+
+# check_exit NAME: husk exited 0.
+check_exit() {
+    if [ "$RUN_RC" -eq 124 ]; then
+        fail "[$1] husk exits 0: it was killed after ${BOOT_TIMEOUT} s"
+    else
+        check "[$1] husk exits 0 after the guest's reset (status $RUN_RC after $RUN_MS ms)" \
+            test "$RUN_RC" -eq 0
+    fi
+}
+
+# guest_checks NAME: one check per LABGUEST-PASS/FAIL line of the guest, then: the guest
+# ran its test to the end (LABGUEST-DONE; skipped for fsync, killed on purpose), no kernel
+# panic, no oops or I/O error on the console.
+guest_checks() {
+    grep -E '^LABGUEST-(PASS|FAIL): ' "$SCRATCH/$1.out" >"$SCRATCH/$1.results"
+    while IFS= read -r _line; do
+        case "$_line" in
+            LABGUEST-PASS:*) pass "[$1, guest] ${_line#LABGUEST-PASS: }" ;;
+            *) fail "[$1, guest] ${_line#LABGUEST-FAIL: }" ;;
+        esac
+    done <"$SCRATCH/$1.results"
+    if [ "$1" != fsync ]; then
+        check "[$1] the guest ran its test to the end (LABGUEST-DONE $1)" \
+            grep -qx "LABGUEST-DONE $1" "$SCRATCH/$1.out"
+    fi
+    _problems=$(grep -E 'Kernel panic|Oops|BUG:|I/O error|blk_update_request|EXT4-fs error' \
+        "$SCRATCH/$1.out" | head -n 3)
+    check "[$1] no panic, oops or I/O error on the guest console${_problems:+ ($_problems)}" \
+        test -z "$_problems"
+}
+
+# check_drive NAME SERIAL DEVICE SECTORS RO: the guest's LABGUEST-DRIVE line for SERIAL.
+check_drive() {
+    _line=$(grep -E "^LABGUEST-DRIVE [a-z]+ .* serial=$2\$" "$SCRATCH/$1.out" | head -n 1)
+    _want="$3 size=$4 ro=$5 serial=$2"
+    if [ "${_line#LABGUEST-DRIVE }" = "$_want" ]; then
+        pass "[$1] the guest sees drive $2 as: $_want"
+    else
+        fail "[$1] the guest sees drive $2 as '$_want', saw '${_line:-no drive with that serial}'"
+    fi
+}
+
+# show NAME: the console and stderr of a run, after a failure.
+show() {
+    echo "   the whole run:"
+    show_run "$1"
+}
+
+# mkext4 IMAGE MIB [DIR]: a fresh ext4 image, populated from DIR.
+mkext4() {
+    if ! "$MKFS_EXT4" -q -F -E lazy_itable_init=0,lazy_journal_init=0 ${3:+-d "$3"} \
+        "$1" "${2}M" >"$SCRATCH/mkfs.log" 2>&1; then
+        cat "$SCRATCH/mkfs.log"
+        die "mkfs.ext4 of $1 failed"
+    fi
+}
+
+# dump_check NAME IMAGE PATH SEED BYTES: PATH in the ext4 IMAGE is BYTES bytes of pattern(SEED).
+dump_check() {
+    rm -f "$SCRATCH/dump"
+    "$DEBUGFS" -R "dump $3 $SCRATCH/dump" "$2" >"$SCRATCH/debugfs.log" 2>&1
+    if [ ! -f "$SCRATCH/dump" ]; then
+        fail "[$1] debugfs dumps $3 from $(basename "$2"): $(tail -n 1 "$SCRATCH/debugfs.log")"
+        return
+    fi
+    if _res=$("$LABTOOL" check "$4" "$5" "$SCRATCH/dump" 2>&1); then
+        pass "[$1] $3 in $(basename "$2") is exactly $5 bytes of pattern($4), byte for byte"
+    else
+        fail "[$1] $3 in $(basename "$2"): $_res"
+    fi
+}
+
+# e2fsck_clean NAME IMAGE: e2fsck -fn finds nothing to fix.
+e2fsck_clean() {
+    "$E2FSCK" -fn "$2" >"$SCRATCH/e2fsck.log" 2>&1
+    _rc=$?
+    if [ "$_rc" -eq 0 ]; then
+        pass "[$1] e2fsck -fn $(basename "$2") is clean"
+    else
+        fail "[$1] e2fsck -fn $(basename "$2") is clean: exit status $_rc (expected 0):"
+        sed 's/^/    e2fsck| /' "$SCRATCH/e2fsck.log" | head -n 20
+    fi
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---- the tests -----------------------------------------------------------------------------
+
+test_blk() {
+    before=$FAILS
+    mkdir -p "$SCRATCH/rw-root" "$SCRATCH/ro-root"
+    echo "made on the host" >"$SCRATCH/rw-root/hello"
+    "$LABTOOL" gen 21 2097152 >"$SCRATCH/ro-root/data"
+    mkext4 "$SCRATCH/rw.img" 64 "$SCRATCH/rw-root"
+    mkext4 "$SCRATCH/ro.img" 16 "$SCRATCH/ro-root"
+    ro_sha=$(sha "$SCRATCH/ro.img")
+    DRIVES="path=$SCRATCH/rw.img,id=lab-rw path=$SCRATCH/ro.img,ro=on,id=lab-ro"
+    VSOCK_UDS=""
+    vm_start blk "husk.test=blk"
+    vm_wait blk
+    check_exit blk
+    check_drive blk lab-rw vda $((64 * 2048)) 0
+    check_drive blk lab-ro vdb $((16 * 2048)) 1
+    guest_checks blk
+    e2fsck_clean blk "$SCRATCH/rw.img"
+    dump_check blk "$SCRATCH/rw.img" /big 11 4194304
+    dump_check blk "$SCRATCH/rw.img" /dir/odd 12 1048699
+    small=$("$DEBUGFS" -R "cat /dir/small" "$SCRATCH/rw.img" 2>/dev/null)
+    check "[blk] /dir/small in rw.img reads 'written in the guest' (saw '$small')" \
+        test "$small" = "written in the guest"
+    after=$(sha "$SCRATCH/ro.img")
+    check "[blk] the read-only drive's image is unchanged (sha256 $after, before $ro_sha)" \
+        test "$after" = "$ro_sha"
+    e2fsck_clean blk "$SCRATCH/ro.img"
+    if [ "$FAILS" -gt "$before" ]; then show blk; fi
+    rm -f "$SCRATCH/rw.img" "$SCRATCH/ro.img" "$SCRATCH/dump"
+}
+
+test_fsync() {
+    before=$FAILS
+    "$GNU_TIMEOUT" 60 dd if=/dev/zero of="$SCRATCH/raw.img" bs=1M count=8 2>/dev/null
+    mkext4 "$SCRATCH/ext4.img" 64
+    DRIVES="path=$SCRATCH/raw.img,id=lab-raw path=$SCRATCH/ext4.img,id=lab-ext4"
+    VSOCK_UDS=""
+    vm_start fsync "husk.test=fsync" killable
+    if wait_console fsync LABGUEST-FSYNC-DONE; then
+        kill -9 "$VM_PID"
+        pass "[fsync] the guest printed LABGUEST-FSYNC-DONE; husk got SIGKILL at once"
+    else
+        kill -9 "$VM_PID" 2>/dev/null
+        fail "[fsync] the guest prints LABGUEST-FSYNC-DONE within ${BOOT_TIMEOUT} s (husk killed)"
+    fi
+    vm_wait fsync
+    check "[fsync] husk died of SIGKILL (status $RUN_RC, expected 137)" test "$RUN_RC" -eq 137
+    guest_checks fsync
+    done_lines=$(grep -c '^write-fsync: done' "$SCRATCH/fsync.out")
+    check "[fsync] the guest saw both fsyncs return ($done_lines 'write-fsync: done' lines)" \
+        test "$done_lines" -eq 2
+    if res=$(head -c 4194304 "$SCRATCH/raw.img" | "$LABTOOL" check 31 4194304 2>&1); then
+        pass "[fsync] raw.img starts with the 4 MiB of pattern(31) fsynced raw, byte for byte"
+    else
+        fail "[fsync] raw.img: $res"
+    fi
+    # The guest died with the filesystem mounted: e2fsck replays the journal (exit status
+    # 0 or 1: nothing or something fixed), and then must find it clean.
+    "$E2FSCK" -fy "$SCRATCH/ext4.img" >"$SCRATCH/e2fsck.log" 2>&1
+    rc=$?
+    if [ "$rc" -le 1 ]; then
+        pass "[fsync] e2fsck -fy ext4.img recovers it (exit status $rc)"
+    else
+        fail "[fsync] e2fsck -fy ext4.img: exit status $rc (expected 0 or 1)"
+        sed 's/^/    e2fsck| /' "$SCRATCH/e2fsck.log" | head -n 20
+    fi
+    e2fsck_clean fsync "$SCRATCH/ext4.img"
+    dump_check fsync "$SCRATCH/ext4.img" /durable 32 3145728
+    if [ "$FAILS" -gt "$before" ]; then show fsync; fi
+    rm -f "$SCRATCH/raw.img" "$SCRATCH/ext4.img" "$SCRATCH/dump"
+}
+
+# host_server NAME PORT COUNT: a labtool server, in the background, for COUNT of the guest's
+# connections to host port PORT (the Unix socket <uds>_PORT); its output in
+# $SCRATCH/NAME.log.
+host_server() {
+    "$LABTOOL" serve --unix "${VSOCK_UDS}_$2" --count "$3" --timeout "$BOOT_TIMEOUT" \
+        >"$SCRATCH/$1.log" 2>&1 &
+}
+
+# host_client NAME PORT ARGS...: a labtool client to guest port PORT (CONNECT PORT through
+# the Unix socket); its output in $SCRATCH/NAME.log and on stdout.
+# shellcheck disable=SC2317 # called through check
+host_client() {
+    _name=$1
+    _port=$2
+    shift 2
+    "$LABTOOL" client --hybrid "$VSOCK_UDS:$_port" --timeout "$BOOT_TIMEOUT" "$@" \
+        >"$SCRATCH/$_name.log" 2>&1
+    _rc=$?
+    sed 's/^/    host| /' "$SCRATCH/$_name.log"
+    return "$_rc"
+}
+
+# host_refused PORT: `CONNECT PORT` (no listener in the guest) ends in a closed connection.
+# shellcheck disable=SC2317 # called through check
+host_refused() {
+    if "$LABTOOL" client --hybrid "$VSOCK_UDS:$1" --timeout 60 put 1 1 >"$SCRATCH/refused.log" 2>&1; then
+        sed 's/^/    host| /' "$SCRATCH/refused.log"
+        return 1
+    fi
+    sed -n 's/^client: FAIL: connection 0: /    host| connection refused: /p' "$SCRATCH/refused.log"
+    grep -q 'closed the connection after' "$SCRATCH/refused.log"
+}
+
+# finish_bg PID SECONDS: waits for the background process PID, killing it if it is still
+# running after SECONDS; sets BG_RC to its exit status.
+finish_bg() {
+    _i=0
+    while kill -0 "$1" 2>/dev/null && [ "$_i" -lt $(($2 * 20)) ]; do
+        sleep 0.05
+        _i=$((_i + 1))
+    done
+    kill "$1" 2>/dev/null
+    wait "$1"
+    BG_RC=$?
+}
+
+# figure DIRECTION LOG: the FIGURE line of the big transfer whose sender's log is LOG
+# ("client: PUT ... in S s = R MB/s").
+figure() {
+    _rate=$(sed -n 's/^client: PUT .* in [0-9.]* s = \([0-9.]*\) MB\/s$/\1/p' "$2" | head -n 1)
+    echo "FIGURE: vsock $1 $((VSOCK_BYTES / 1048576)) MiB: ${_rate:-?} MB/s"
+}
+
+test_vsock() {
+    before=$FAILS
+    mib=$((VSOCK_BYTES / 1048576))
+    VSOCK_UDS=$SCRATCH/vsock.sock
+    DRIVES=""
+    rm -f "$VSOCK_UDS" "${VSOCK_UDS}_6000" "${VSOCK_UDS}_6001"
+    host_server up 6000 1
+    up_pid=$!
+    host_server many 6001 "$VSOCK_CONNS"
+    many_pid=$!
+    # Both servers listen before the guest starts.
+    for _ in $(seq 100); do
+        if grep -q listening "$SCRATCH/up.log" && grep -q listening "$SCRATCH/many.log"; then
+            break
+        fi
+        sleep 0.05
+    done
+    vm_start vsock "husk.test=vsock husk.vsock_bytes=$VSOCK_BYTES husk.vsock_conns=$VSOCK_CONNS husk.vsock_timeout=$BOOT_TIMEOUT"
+    if wait_console vsock LABGUEST-HOST-TURN &&
+        wait_console vsock "serve: listening on vsock port 5000 for $((VSOCK_CONNS + 1)) connection(s)"; then
+        echo "   guest-initiated part done; host-initiated part:"
+        check "[vsock] host-initiated: CONNECT 5999 (nothing listens there in the guest) is refused" \
+            host_refused 5999
+        check "[vsock] host-initiated (CONNECT 5000): $mib MiB host -> guest, verified, checksums equal" \
+            host_client put-big 5000 put 51 "$VSOCK_BYTES"
+        check "[vsock] host-initiated (CONNECT 5000): $VSOCK_CONNS connections at once, mixed put/get of 64 KiB, all verified" \
+            host_client many-in 5000 --conns "$VSOCK_CONNS" mixed 2000 65536
+        # The guest waits for connections that may never come: do not wait for its timeout.
+        if [ "$FAILS" -gt "$before" ]; then kill "$VM_PID" 2>/dev/null; fi
+    else
+        fail "[vsock] the guest finishes its guest-initiated part (LABGUEST-HOST-TURN) within ${BOOT_TIMEOUT} s, its server listening"
+    fi
+    vm_wait vsock
+    check_exit vsock
+    guest_checks vsock
+    # The guest is gone: its connections are over; a server still waiting never gets them.
+    finish_bg "$up_pid" 10
+    up_rc=$BG_RC
+    finish_bg "$many_pid" 10
+    many_rc=$BG_RC
+    sed 's/^/    host| /' "$SCRATCH/up.log" "$SCRATCH/many.log"
+    check "[vsock] guest-initiated: the host server on port 6000 received $mib MiB, verified (status $up_rc)" \
+        test "$up_rc" -eq 0
+    check "[vsock] guest-initiated: the host server on port 6001 served $VSOCK_CONNS connections at once, verified (status $many_rc)" \
+        test "$many_rc" -eq 0
+    grep -E '^(client|serve): ' "$SCRATCH/vsock.out" | sed 's/^/    guest| /'
+    echo "   vsock rates, husk vmm, 1 vCPU: each measured by the sender, from its request to the receiver's verdict"
+    figure "guest->host" "$SCRATCH/vsock.out"
+    figure "host->guest" "$SCRATCH/put-big.log"
+    # The same pattern through a pipe here, without a VM: what the CPU alone allows (in the
+    # lab, the software CPU bounds everything; compare the figures as ratios to this one).
+    _t0=$(now_ns)
+    if "$LABTOOL" gen 61 "$VSOCK_BYTES" | "$LABTOOL" check 61 "$VSOCK_BYTES" >/dev/null; then
+        _ns=$(($(now_ns) - _t0))
+        echo "FIGURE: pipe (labtool gen | check, no VM) $mib MiB: $(awk -v b="$VSOCK_BYTES" -v ns="$_ns" 'BEGIN { printf "%.1f", b / 1e6 / (ns / 1e9) }') MB/s"
+    fi
+    if [ "$FAILS" -gt "$before" ]; then show vsock; fi
+}
+
+for t in $TESTS; do
+    case "$t" in
+        blk) test_blk ;;
+        fsync) test_fsync ;;
+        vsock) test_vsock ;;
+        *) die "unknown test '$t' (blk, fsync, vsock)" ;;
+    esac
+done
+summary virtio
