@@ -29,6 +29,9 @@ const _: () = assert!(TOKEN_KICK < FIRST_SOCKET_TOKEN);
 
 const QUEUE_SIZES: [u16; 3] = [QUEUE_MAX_SIZE; 3];
 
+/// How long the listener rests after accept() failed for a reason other than "no client".
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum VsockError {
     /// vsock guest CID {0} is invalid: it must be at least 3 and below 4294967295 (0, 1 and 2 are reserved, and so is -1U)
@@ -61,6 +64,8 @@ pub struct Vsock {
     kick: EventFd,
     timer: TimerFd,
     timer_at: Option<Instant>,
+    /// Set while the listener is out of the epoll set after accept() failed.
+    listener_paused_until: Option<Instant>,
     active: Option<Active>,
     muxer: Muxer,
     tx_scratch: Vec<u8>,
@@ -114,6 +119,7 @@ impl Vsock {
             kick,
             timer,
             timer_at: None,
+            listener_paused_until: None,
             active: None,
             muxer: Muxer::new(guest_cid, uds_path),
             tx_scratch: vec![0u8; MAX_PKT_PAYLOAD],
@@ -219,7 +225,10 @@ impl Vsock {
         if !force && !self.muxer.take_deadlines_changed() {
             return;
         }
-        let next = self.muxer.next_deadline();
+        let next = match (self.muxer.next_deadline(), self.listener_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if next == self.timer_at && !force {
             return;
         }
@@ -427,7 +436,17 @@ impl MutEventSubscriber for Vsock {
                     self.process_tx(now);
                 }
             }
-            TOKEN_LISTENER => self.muxer.accept(&self.listener, now),
+            TOKEN_LISTENER => {
+                if !self.muxer.accept(&self.listener, now) {
+                    // accept() keeps failing (out of fds?) while the client waits in the
+                    // backlog: stop watching the listener for a while instead of spinning.
+                    if let Err(e) = ops.remove(Events::new(&self.listener, EventSet::IN)) {
+                        log::error!("vsock: cannot pause the listener: {e:?}");
+                    }
+                    self.listener_paused_until = Some(now + ACCEPT_RETRY);
+                    timer_fired = true;
+                }
+            }
             TOKEN_CONNECTOR => {
                 let _ = self.connector_kick.read();
                 let active = self.runnable();
@@ -440,6 +459,13 @@ impl MutEventSubscriber for Vsock {
                 // re-armed since epoll reported it.
                 timer_fired = true;
                 self.muxer.expire(now);
+                if self.listener_paused_until.is_some_and(|at| at <= now) {
+                    self.listener_paused_until = None;
+                    let events = Events::with_data(&self.listener, TOKEN_LISTENER, EventSet::IN);
+                    if let Err(e) = ops.add(events) {
+                        log::error!("vsock: cannot watch the listener again: {e:?}");
+                    }
+                }
             }
             TOKEN_KICK => {
                 let _ = self.kick.read();

@@ -408,16 +408,17 @@ impl Muxer {
     }
 
     /// Accepts clients of the hybrid socket; they still have to send `CONNECT <port>\n`.
-    pub fn accept(&mut self, listener: &UnixListener, now: Instant) {
+    /// False when accept() fails for another reason than an empty backlog.
+    pub fn accept(&mut self, listener: &UnixListener, now: Instant) -> bool {
         // Bounded per wake-up so that a flood of clients cannot starve the queues.
         for _ in 0..64 {
             let stream = match listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
                 Err(e) => {
                     log::warn!("vsock: accepting on {}: {e}", self.uds_path.display());
-                    return;
+                    return false;
                 }
             };
             if self.handshakes.len() >= MAX_HANDSHAKES || stream.set_nonblocking(true).is_err() {
@@ -437,6 +438,7 @@ impl Muxer {
             self.dirty.push(token);
             self.deadlines_changed = true;
         }
+        true
     }
 
     /// Readiness of a host socket.
