@@ -24,6 +24,8 @@ pub enum ChainError {
     TooLong(usize),
     /// the chain is empty
     Empty,
+    /// the chain is cut short: its last descriptor points to a next one (a loop, a next index past the table, an unreadable descriptor or indirect table, or more than 4 GiB)
+    Truncated,
 }
 
 /// The most descriptors one chain may have. Linux's virtio-blk uses at most the
@@ -52,7 +54,14 @@ impl SplitChain {
         I: Iterator<Item = virtio_queue::desc::split::Descriptor>,
     {
         let mut split = SplitChain::default();
+        // virtio-queue's iterator ends a chain quietly where it cannot go on (a loop
+        // exhausts its length budget, a next index lies past the table, a descriptor or
+        // indirect table cannot be read, the chain passes 4 GiB), so a broken chain looks
+        // like a shorter valid one: a looping writable buffer would be taken for a read's
+        // data and its status byte. A real chain ends with a descriptor without NEXT.
+        let mut cut_short = false;
         for (count, desc) in chain.enumerate() {
+            cut_short = desc.has_next();
             if count >= MAX_DESCS {
                 return Err(ChainError::TooLong(MAX_DESCS));
             }
@@ -72,6 +81,9 @@ impl SplitChain {
             };
             side.total = side.total.saturating_add(len);
             side.descs.push((desc.addr().0, len));
+        }
+        if cut_short {
+            return Err(ChainError::Truncated);
         }
         Ok(split)
     }

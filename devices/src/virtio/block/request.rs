@@ -195,7 +195,7 @@ impl Request {
         };
         // The data is a descriptor chain of at most 256 buffers of at most 4 GiB each in
         // guest memory; clamp rather than trust that it fits a u32.
-        u32::try_from(data).unwrap_or(u32::MAX - 1) + 1
+        u32::try_from(data).unwrap_or(u32::MAX).saturating_add(1)
     }
 }
 
