@@ -1,0 +1,303 @@
+//! The messages of the protocol. See the crate docs for how they travel.
+
+use std::path::PathBuf;
+
+use oci_spec::runtime::{Process, Spec};
+use serde::{Deserialize, Serialize};
+
+/// The version both sides must speak; a mismatch fails the hello.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The first frame of every connection, from the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Hello {
+    /// The control connection: requests, responses and events.
+    Control { version: u32 },
+    /// One stdio stream of a process that is about to be created; raw bytes follow.
+    Stream {
+        version: u32,
+        container_id: String,
+        /// `None` for the container's own process.
+        exec_id: Option<String>,
+        stream: StreamKind,
+    },
+}
+
+impl Hello {
+    pub fn version(&self) -> u32 {
+        match self {
+            Hello::Control { version } | Hello::Stream { version, .. } => *version,
+        }
+    }
+}
+
+/// Which stdio stream a stream connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Host → process.
+    Stdin,
+    /// Process → host.
+    Stdout,
+    /// Process → host.
+    Stderr,
+    /// Both ways: the process's terminal (a pty in the agent).
+    Terminal,
+}
+
+/// The agent's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub result: Result<AgentInfo, AgentError>,
+}
+
+/// Who answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: u32,
+    /// The agent's own version (its crate version).
+    pub agent_version: String,
+}
+
+/// A call from the host, with an id the response carries back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub call: Call,
+}
+
+/// What the host can ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Call {
+    /// Answered with [`Reply::Pong`].
+    Ping,
+    /// Sandbox-wide settings, before the first container.
+    ConfigureSandbox(SandboxConfig),
+    /// Creates a container (its process created, not started: OCI `create`).
+    CreateContainer(Box<CreateContainer>),
+    /// Lets a created container's process run (OCI `start`).
+    StartContainer { container_id: String },
+    /// Starts another process in a running container.
+    Exec(Box<ExecProcess>),
+    /// Sends a signal to a container's process, to all of its processes (`all`), or to
+    /// an exec'd process.
+    Signal {
+        container_id: String,
+        exec_id: Option<String>,
+        signal: i32,
+        all: bool,
+    },
+    /// Blocks until the process exits; answered with [`Reply::Exited`].
+    Wait {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    /// Closes the process's stdin (it reads end of file).
+    CloseStdin {
+        container_id: String,
+        exec_id: Option<String>,
+    },
+    /// Sets the size of the process's terminal.
+    ResizeTerminal {
+        container_id: String,
+        exec_id: Option<String>,
+        rows: u16,
+        cols: u16,
+    },
+    /// Resource use of a container (cgroup v2).
+    Stats { container_id: String },
+    /// The pids (as the agent sees them) of a container's processes.
+    Pids { container_id: String },
+    /// Removes a container whose processes have exited; with `force`, kills them first.
+    RemoveContainer { container_id: String, force: bool },
+    /// Kills every container, syncs file systems and powers the sandbox off.
+    Shutdown,
+}
+
+/// Sandbox-wide settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub hostname: Option<String>,
+    /// Name servers for the sandbox's `/etc/resolv.conf`.
+    pub dns_servers: Vec<String>,
+    pub dns_search: Vec<String>,
+}
+
+/// A container to create.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateContainer {
+    pub container_id: String,
+    pub spec: Spec,
+    pub rootfs: Rootfs,
+    pub stdio: StdioConfig,
+}
+
+/// A process to start in a running container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecProcess {
+    pub container_id: String,
+    pub exec_id: String,
+    pub process: Process,
+    pub stdio: StdioConfig,
+}
+
+/// Where a container's root file system comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rootfs {
+    /// A virtio-blk drive found by its serial (the VMM's drive id), with this file
+    /// system on it; mounted read-only when the spec's `root.readonly` says so.
+    BlockDevice { serial: String, fs_type: String },
+    /// A directory the agent can see (the host backend): bind-mounted.
+    Directory { path: PathBuf },
+}
+
+/// Which stdio streams the host opened (or will open) for a process, as stream
+/// connections. A stream the host does not open is `/dev/null`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StdioConfig {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    /// One `Terminal` stream instead of the three.
+    pub terminal: bool,
+}
+
+/// What the agent answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    Pong,
+    /// The call did what it was asked; nothing to report.
+    Done,
+    /// A process was created (container) or started (exec); its pid as the agent sees it.
+    Process {
+        pid: i32,
+    },
+    Exited(ExitInfo),
+    Stats(ContainerStats),
+    Pids {
+        pids: Vec<i32>,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub status: ExitStatus,
+    /// When the agent reaped it, in nanoseconds since the Unix epoch (guest clock).
+    pub exited_at_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The shell's convention: the code, or 128 + the signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(signal) => 128 + signal,
+        }
+    }
+}
+
+/// A container's resource use, from cgroup v2; absent numbers were not available.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    pub memory_current: Option<u64>,
+    pub memory_max: Option<u64>,
+    /// `memory.stat`, as its key/value pairs.
+    pub memory_stat: Vec<(String, u64)>,
+    pub memory_oom_kills: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    pub cpu_user_usec: Option<u64>,
+    pub cpu_system_usec: Option<u64>,
+    pub cpu_throttled_usec: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub pids_max: Option<u64>,
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+}
+
+/// A message from the agent on the control connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "message", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Response {
+        id: u64,
+        result: Result<Reply, AgentError>,
+    },
+    Event(Event),
+}
+
+/// Things that happen without being asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A container's process or an exec'd process exited.
+    Exited {
+        container_id: String,
+        exec_id: Option<String>,
+        info: ExitInfo,
+    },
+    /// The kernel's OOM killer killed a process of the container.
+    Oom { container_id: String },
+    /// A line of the agent's own log.
+    Log { level: LogLevel, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// A failed call: what kind of failure, and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl AgentError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, displaydoc::Display)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// malformed request
+    BadRequest,
+    /// protocol version mismatch
+    VersionMismatch,
+    /// invalid OCI spec
+    InvalidSpec,
+    /// not found
+    NotFound,
+    /// already exists
+    AlreadyExists,
+    /// wrong state
+    WrongState,
+    /// not supported
+    Unsupported,
+    /// the operation failed
+    Failed,
+}
