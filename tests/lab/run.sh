@@ -9,6 +9,12 @@
 #                                      agent-ready-and-exit by husk and by QEMU microvm,
 #                                      RUNS times each (default 3), interleaved; medians
 #                                      and the ratio husk/QEMU
+#   tests/lab/run.sh bench-blk [RUNS]  the benchmark (not a test): fio in the device-test
+#                                      guest (built with fio) on the raw virtio-blk disk
+#                                      of husk and of QEMU microvm (cache=writeback), the
+#                                      same 256 MiB raw image, RUNS times each (default 3),
+#                                      interleaved; per workload median IOPS and MB/s and
+#                                      the ratio husk/QEMU
 #   tests/lab/run.sh selftest          the lab itself: /dev/kvm and QEMU microvm booting the
 #                                      guest kernel with a busybox initramfs (and husk too)
 #   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
@@ -17,7 +23,8 @@
 #                                      all, each one guest boot); prints FIGURE: lines with
 #                                      the vsock transfer rates
 #
-# Exit status: 0 when every check passed (for bench-boot: every run was valid), else
+# Exit status: 0 when every check passed (for bench-boot and bench-blk: every run was
+# valid), else
 # non-zero; 125 when the lab itself failed (timeout, no status).
 #
 # Environment:
@@ -32,6 +39,8 @@
 #                      a boot takes ~3 s in the lab)
 #   HUSK_VSOCK_BYTES, HUSK_VSOCK_CONNS   virtio: the size of each big vsock transfer (default
 #                      268435456) and the number of concurrent connections (default 64)
+#   HUSK_FIO_RUNTIME, HUSK_FIO_ENGINE    bench-blk: seconds per fio workload (default 5) and
+#                      fio's I/O engine in the guest (default libaio; io_uring, psync)
 #   and lab.sh's HUSK_LAB_TIMEOUT, HUSK_LAB_MEM_MIB, HUSK_LAB_SMP, HUSK_LAB_KEEP.
 set -euo pipefail
 
@@ -78,9 +87,15 @@ case "$GROUP" in
             case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
         done
         ;;
-    bench-boot)
+    bench-boot | bench-blk)
         RUNS=${1:-3}
         if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
+        if [ "$GROUP" = bench-blk ]; then
+            [[ "${HUSK_FIO_RUNTIME:-5}" =~ ^[1-9][0-9]*$ ]] ||
+                die "HUSK_FIO_RUNTIME must be a number of seconds"
+            [[ "${HUSK_FIO_ENGINE:-libaio}" =~ ^[a-z_0-9]+$ ]] ||
+                die "HUSK_FIO_ENGINE must be the name of one of fio's engines"
+        fi
         ;;
     *) usage ;;
 esac
@@ -159,6 +174,23 @@ case "$GROUP" in
         qemu_files
         FILES+=("$husk" "$GUEST_KERNEL" "$GUEST_INITRD")
         ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL" "GUEST_INITRD=$GUEST_INITRD" "RUNS=$RUNS")
+        ;;
+    bench-blk)
+        scenario=$HERE/scenarios/bench-blk.sh
+        [ -f "$GUEST_KERNEL" ] ||
+            die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh"
+        apt_install qemu-system-x86 busybox-static cpio gcc libc6-dev fio
+        # The device-test guest with fio and the libraries it needs.
+        "$HERE/guest/build.sh" --fio "$WORK/guest" >/dev/null ||
+            die "tests/lab/guest/build.sh --fio failed"
+        husk=$(husk_binary)
+        qemu_files
+        # microvm with acpi=off (the guest kernel has no ACPI) loads qboot.rom instead.
+        FILES+=("$(dirname "${FILES[-1]}")/qboot.rom")
+        FILES+=("$husk" "$GUEST_KERNEL" "$WORK/guest/devtest.cpio")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL" "FIO_INITRD=$WORK/guest/devtest.cpio"
+            "RUNS=$RUNS" "FIO_RUNTIME=${HUSK_FIO_RUNTIME:-5}"
+            "FIO_ENGINE=${HUSK_FIO_ENGINE:-libaio}")
         ;;
     selftest)
         scenario=$HERE/scenarios/selftest.sh

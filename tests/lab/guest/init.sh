@@ -21,11 +21,18 @@
 #                     nothing listens, which must be reset), then prints LABGUEST-HOST-TURN
 #                     and waits for the host-initiated part to finish (its own server's
 #                     connections).
+#   husk.test=fio     A benchmark, not a test (bench-blk; needs an initramfs built with
+#                     `build.sh --fio`): fio against the raw first drive /dev/vda, direct=1,
+#                     the workloads of fio_workloads below one after the other, each
+#                     husk.fio_runtime seconds (default 5) with the engine husk.fio_engine
+#                     (default libaio; psync, io_uring); each result is a line
+#                     "LABGUEST-FIO <workload> <fio's terse (version 3) line>", and the drive
+#                     is described by "LABGUEST-FIO-DRIVE ..." first.
 #
 # Each result is a line "LABGUEST-PASS: ..." or "LABGUEST-FAIL: ..."; the host scenario turns
 # them into checks. "LABGUEST-DONE <test>" is the last line of a test that ran to its end;
 # then the guest resets with `reboot -f` (reboot=k: husk exits 0).
-export PATH=/bin
+export PATH=/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -202,13 +209,59 @@ test_vsock() {
     fi
 }
 
+# fio_workloads: one line per bench-blk workload: name, rw, block size, iodepth, extra fio
+# options. The name says it all: the host's table shows the names as they are.
+fio_workloads() {
+    cat <<'EOF'
+randread-4k-qd1 randread 4k 1 -
+randread-4k-qd32 randread 4k 32 -
+randwrite-4k-qd1 randwrite 4k 1 -
+randwrite-4k-qd32 randwrite 4k 32 -
+read-1m-qd8 read 1m 8 -
+write-1m-qd8 write 1m 8 -
+randwrite-4k-qd1-fsync randwrite 4k 1 --fsync=1
+EOF
+}
+
+test_fio() {
+    runtime=$(param husk.fio_runtime 5)
+    engine=$(param husk.fio_engine libaio)
+    dev=/dev/vda
+    if ! command -v fio >/dev/null; then
+        bad "fio is in the initramfs (build it with tests/lab/guest/build.sh --fio)"
+        return
+    fi
+    if [ ! -b "$dev" ]; then
+        bad "the guest has the drive $dev (/sys/block has: $(echo /sys/block/*))"
+        return
+    fi
+    q=/sys/block/vda
+    echo "LABGUEST-FIO-DRIVE vda size=$(cat $q/size) ro=$(cat $q/ro) write_cache='$(cat $q/queue/write_cache)' scheduler='$(cat $q/queue/scheduler)' hw_queues=$(echo $q/mq/* | wc -w) max_segments=$(cat $q/queue/max_segments) max_sectors_kb=$(cat $q/queue/max_sectors_kb) features=$(cat $q/device/features 2>/dev/null) engine=$engine runtime=${runtime}s $(fio --version)"
+    fio_workloads | while read -r name rw bs depth extra; do
+        [ "$extra" = - ] && extra=""
+        # shellcheck disable=SC2086 # $extra is zero or more options
+        if out=$(fio --name="$name" --filename="$dev" --rw="$rw" --bs="$bs" \
+            --iodepth="$depth" --ioengine="$engine" --direct=1 --runtime="$runtime" \
+            --time_based --norandommap --randrepeat=0 --output-format=terse \
+            --terse-version=3 $extra </dev/null 2>&1); then
+            line=$(echo "$out" | grep '^3;' | tail -n 1)
+            if [ -n "$line" ]; then
+                echo "LABGUEST-FIO $name $line"
+                continue
+            fi
+        fi
+        bad "fio $name ($rw, bs $bs, iodepth $depth, $engine${extra:+, $extra}) on $dev: $(echo "$out" | tail -n 3 | tr '\n' ' ')"
+    done
+}
+
 test=$(param husk.test none)
 echo "labguest: test=$test kernel=$(uname -r) cpus=$(grep -c ^processor /proc/cpuinfo)"
 case "$test" in
     blk) test_blk ;;
     fsync) test_fsync ;;
     vsock) test_vsock ;;
-    *) bad "unknown husk.test=$test (blk, fsync, vsock)" ;;
+    fio) test_fio ;;
+    *) bad "unknown husk.test=$test (blk, fsync, vsock, fio)" ;;
 esac
 echo "LABGUEST-DONE $test"
 reboot -f
