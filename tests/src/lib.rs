@@ -11,6 +11,7 @@ pub mod elf;
 pub mod guests;
 pub mod husk;
 pub mod process;
+pub mod rootfs;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

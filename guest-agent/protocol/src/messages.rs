@@ -123,6 +123,12 @@ pub struct SandboxConfig {
     /// Name servers for the sandbox's `/etc/resolv.conf`.
     pub dns_servers: Vec<String>,
     pub dns_search: Vec<String>,
+    /// The host's wall clock, nanoseconds since the Unix epoch: the guest has no
+    /// battery-backed clock, so the agent sets its clock from this.
+    pub time_unix_ns: Option<u64>,
+    /// Random bytes from the host, credited to the guest kernel's entropy pool (a fresh
+    /// VM has little entropy of its own and no hardware RNG device).
+    pub entropy: Vec<u8>,
 }
 
 /// A container to create.

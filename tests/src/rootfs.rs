@@ -1,0 +1,101 @@
+//! A busybox root file system for test containers, from Debian's `busybox-static`
+//! (`/bin/busybox`): `bin/busybox` and a link for each of its applets, plus the few
+//! files a container expects. Built once per busybox binary under
+//! `target/husk-test-rootfs/<hash>/` and shared read-only by the tests (a test that
+//! writes gets its own copy or a tmpfs mount from its spec).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{build_dirs, Error};
+
+/// Debian's statically linked busybox.
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// The rootfs directory, built if missing.
+pub fn busybox_rootfs() -> Result<PathBuf, Error> {
+    let busybox = std::fs::read(BUSYBOX).map_err(|e| {
+        Error(format!(
+            "{BUSYBOX}: {e} (install Debian's busybox-static: apt-get install busybox-static)"
+        ))
+    })?;
+    let mut hasher = DefaultHasher::new();
+    busybox.hash(&mut hasher);
+    let dir = build_dirs()?
+        .target
+        .join("husk-test-rootfs")
+        .join(format!("{:016x}", hasher.finish()));
+    let done = dir.join(".complete");
+    if done.exists() {
+        return Ok(dir.join("rootfs"));
+    }
+    // Built in a fresh directory and renamed into place, so concurrent tests never see
+    // half a rootfs.
+    let building = dir.with_extension(format!("building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    build(&building.join("rootfs"), &busybox)?;
+    std::fs::write(building.join(".complete"), b"")
+        .map_err(|e| Error(format!("marking {}: {e}", building.display())))?;
+    if std::fs::rename(&building, &dir).is_err() {
+        // Another test won the race; its rootfs is as good as ours.
+        let _ = std::fs::remove_dir_all(&building);
+    }
+    if !done.exists() {
+        return Err(Error(format!("{} was not built", dir.display())));
+    }
+    Ok(dir.join("rootfs"))
+}
+
+fn build(root: &Path, busybox: &[u8]) -> Result<(), Error> {
+    let mkdir = |rel: &str| {
+        std::fs::create_dir_all(root.join(rel))
+            .map_err(|e| Error(format!("creating {rel} in {}: {e}", root.display())))
+    };
+    for dir in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "home/user",
+    ] {
+        mkdir(dir)?;
+    }
+    let write = |rel: &str, data: &[u8]| {
+        std::fs::write(root.join(rel), data)
+            .map_err(|e| Error(format!("writing {rel} in {}: {e}", root.display())))
+    };
+    write("bin/busybox", busybox)?;
+    set_mode(&root.join("bin/busybox"), 0o755)?;
+    set_mode(&root.join("tmp"), 0o1777)?;
+    write(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )?;
+    write("etc/group", b"root:x:0:\nuser:x:1000:\n")?;
+    // A file only root may write, for the permission tests.
+    write("etc/root-only", b"root's\n")?;
+    set_mode(&root.join("etc/root-only"), 0o644)?;
+    let list = Command::new(BUSYBOX)
+        .arg("--list")
+        .output()
+        .map_err(|e| Error(format!("{BUSYBOX} --list: {e}")))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = root.join("bin").join(applet);
+        if applet != "busybox" && !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link)
+                .map_err(|e| Error(format!("linking {}: {e}", link.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error(format!("chmod {}: {e}", path.display())))
+}
