@@ -5,10 +5,6 @@ use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "not running as PID 1 (pid {0}): husk-agent is the guest's /init; a host mode comes later"
-    )]
-    NotPid1(libc::pid_t),
     #[error("cannot create mount point {path}: {source}")]
     MountPoint {
         path: &'static str,
@@ -35,8 +31,4 @@ pub enum Error {
     #[cfg(not(target_arch = "x86_64"))]
     #[error("cannot signal readiness: port I/O is not supported on this architecture")]
     NoPortIo,
-    #[error("reboot(RB_AUTOBOOT) failed: {0}")]
-    Reboot(io::Error),
-    #[error("waitpid(-1) failed: {0}")]
-    Wait(io::Error),
 }

@@ -1,103 +1,102 @@
-//! The kernel file systems PID 1 mounts: proc, sysfs and devtmpfs.
+//! The file systems PID 1 mounts before anything else: proc, sysfs, devtmpfs, the pty
+//! and shared-memory file systems, `/run`, and cgroup v2.
 
 use std::ffi::CStr;
-use std::io;
-use std::mem::MaybeUninit;
+use std::path::Path;
+
+use rustix::mount::MountFlags;
 
 use crate::error::Error;
 
 struct Mount {
-    fstype: &'static CStr,
-    target: &'static CStr,
-    flags: libc::c_ulong,
+    fstype: &'static str,
+    target: &'static str,
+    flags: MountFlags,
     data: Option<&'static CStr>,
 }
 
-const MOUNTS: [Mount; 3] = [
+const SAFE: MountFlags = MountFlags::NOSUID.union(MountFlags::NODEV);
+
+/// In order: a target may lie on an earlier mount.
+const MOUNTS: [Mount; 7] = [
     Mount {
-        fstype: c"proc",
-        target: c"/proc",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        fstype: "proc",
+        target: "/proc",
+        flags: SAFE.union(MountFlags::NOEXEC),
         data: None,
     },
     Mount {
-        fstype: c"sysfs",
-        target: c"/sys",
-        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        fstype: "sysfs",
+        target: "/sys",
+        flags: SAFE.union(MountFlags::NOEXEC),
         data: None,
     },
     Mount {
-        fstype: c"devtmpfs",
-        target: c"/dev",
-        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
         data: Some(c"mode=0755"),
+    },
+    Mount {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MountFlags::NOSUID.union(MountFlags::NOEXEC),
+        data: Some(c"mode=0620,ptmxmode=0666"),
+    },
+    Mount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: SAFE,
+        data: Some(c"mode=1777"),
+    },
+    Mount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: SAFE,
+        data: Some(c"mode=0755"),
+    },
+    Mount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: SAFE.union(MountFlags::NOEXEC),
+        data: None,
     },
 ];
 
-/// Mounts proc, sysfs and devtmpfs; returns the errors (each mount is tried regardless of
-/// the others).
+/// Mounts them all; returns the errors (each mount is tried regardless of the others).
 pub fn mount_all() -> Vec<Error> {
     MOUNTS.iter().filter_map(|m| mount(m).err()).collect()
 }
 
 fn mount(m: &Mount) -> Result<(), Error> {
-    let target = name(m.target);
-    let fstype = name(m.fstype);
-    // SAFETY: `m.target` is a NUL-terminated string that outlives the call.
-    if unsafe { libc::mkdir(m.target.as_ptr(), 0o755) } != 0 {
-        let source = io::Error::last_os_error();
-        if source.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Error::MountPoint {
-                path: target,
-                source,
-            });
-        }
+    let target = Path::new(m.target);
+    if let Err(source) = std::fs::create_dir_all(target) {
+        return Err(Error::MountPoint {
+            path: m.target,
+            source,
+        });
     }
-    if is_mount_point(m.target)? {
+    if is_mount_point(target)? {
         return Ok(());
     }
-    let data = m.data.map_or(std::ptr::null(), |d| d.as_ptr().cast());
-    // SAFETY: all pointers are NUL-terminated strings (or null for `data`) that outlive
-    // the call; the source name is the file system type, as the kernel ignores it here.
-    let rc = unsafe {
-        libc::mount(
-            m.fstype.as_ptr(),
-            m.target.as_ptr(),
-            m.fstype.as_ptr(),
-            m.flags,
-            data,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::Mount {
-            fstype,
-            target,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    rustix::mount::mount(m.fstype, target, m.fstype, m.flags, m.data).map_err(|e| Error::Mount {
+        fstype: m.fstype,
+        target: m.target,
+        source: e.into(),
+    })
 }
 
-/// Whether `path` (a directory directly under `/`) is already a mount point: its device
-/// differs from the root's.
-fn is_mount_point(path: &'static CStr) -> Result<bool, Error> {
-    Ok(device(path)? != device(c"/")?)
+/// Whether `path` is already a mount point: its device differs from its parent's.
+fn is_mount_point(path: &'static Path) -> Result<bool, Error> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    Ok(device(path)? != device(parent)?)
 }
 
-fn device(path: &'static CStr) -> Result<libc::dev_t, Error> {
-    let mut st = MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: `path` is NUL-terminated and `st` is valid for writing a `struct stat`.
-    if unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) } != 0 {
-        return Err(Error::Read {
-            path: name(path),
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: stat() succeeded, so it filled in `st`.
-    Ok(unsafe { st.assume_init() }.st_dev)
-}
-
-/// The `&'static str` form of one of this module's constant names (all ASCII).
-fn name(s: &'static CStr) -> &'static str {
-    s.to_str().unwrap_or("?")
+fn device(path: &Path) -> Result<u64, Error> {
+    rustix::fs::stat(path)
+        .map(|st| st.st_dev)
+        .map_err(|e| Error::Read {
+            path: "a mount point",
+            source: e.into(),
+        })
 }

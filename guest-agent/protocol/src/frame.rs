@@ -81,6 +81,39 @@ mod tests {
     }
 
     #[test]
+    fn every_message_kind_round_trips() {
+        use crate::messages::*;
+        let messages = vec![
+            ServerMessage::Event(Event::Log {
+                level: LogLevel::Warn,
+                message: "careful".into(),
+            }),
+            ServerMessage::Event(Event::Exited {
+                container_id: "c".into(),
+                exec_id: Some("e".into()),
+                info: ExitInfo {
+                    status: ExitStatus::Signal(9),
+                    exited_at_ns: 5,
+                },
+            }),
+            ServerMessage::Response {
+                id: 1,
+                result: Ok(Reply::Stats(ContainerStats::default())),
+            },
+            ServerMessage::Response {
+                id: 2,
+                result: Err(AgentError::new(ErrorKind::NotFound, "no such thing")),
+            },
+        ];
+        for message in messages {
+            let mut wire = Vec::new();
+            write_frame(&mut wire, &message).expect("encoding");
+            let back: ServerMessage = read_frame(&mut wire.as_slice()).expect("decoding");
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
     fn bad_frames_are_errors() {
         let mut empty: &[u8] = &[];
         assert!(matches!(

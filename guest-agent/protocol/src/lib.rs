@@ -32,7 +32,7 @@
 //! encoding of the types in [`messages`]); at most [`MAX_FRAME_LEN`] (4 MiB).
 //! Enums are internally tagged: `{"kind": "control", "version": 1}`,
 //! `{"id": 3, "call": {"call": "start_container", "container_id": "c1"}}`,
-//! `{"message": "response", "id": 3, "result": {"Ok": {"reply": "done"}}}`.
+//! `{"type": "response", "id": 3, "result": {"Ok": {"reply": "done"}}}`.
 
 pub mod frame;
 pub mod messages;

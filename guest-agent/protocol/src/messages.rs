@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 /// The version both sides must speak; a mismatch fails the hello.
@@ -135,7 +135,10 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateContainer {
     pub container_id: String,
-    pub spec: Spec,
+    /// The OCI runtime spec (`config.json`), as JSON: the agent parses it, so that a
+    /// spec it cannot take (an unknown namespace type, say) is an error naming the
+    /// field in the reply to this call rather than an undecodable request.
+    pub spec: serde_json::Value,
     pub rootfs: Rootfs,
     pub stdio: StdioConfig,
 }
@@ -236,7 +239,7 @@ pub struct ContainerStats {
 
 /// A message from the agent on the control connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "message", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
     Response {
         id: u64,

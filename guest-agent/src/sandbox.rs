@@ -1,0 +1,664 @@
+//! The sandbox's state: its containers and their processes, and the calls that change
+//! them. Every call returns a [`Reply`] or an [`AgentError`]; nothing here panics.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use husk_protocol::{
+    AgentError, Call, ContainerStats, CreateContainer, ErrorKind, Event, ExecProcess, ExitInfo,
+    Reply, Rootfs, SandboxConfig,
+};
+
+use crate::container;
+use crate::container::cgroups::{self, Cgroup};
+use crate::container::spawn::{self, SpawnKind, SpawnPlan, Spawned};
+use crate::events::{bus, EventBus};
+use crate::reaper::reaper;
+use crate::stdio::{self, PendingStreams, ProcessIo};
+use crate::system;
+
+/// How long `RemoveContainer { force }` and `Shutdown` wait for killed processes.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// One process: a container's own or an exec'd one.
+struct Proc {
+    pid: i32,
+    io: ProcessIo,
+    exit: Mutex<Option<ExitInfo>>,
+    exited: Condvar,
+}
+
+impl Proc {
+    fn exit(&self) -> Option<ExitInfo> {
+        *lock(&self.exit)
+    }
+
+    /// Waits for the exit, at most `timeout` (`None`: for ever).
+    fn wait(&self, timeout: Option<Duration>) -> Option<ExitInfo> {
+        let mut exit = lock(&self.exit);
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        while exit.is_none() {
+            match deadline {
+                None => {
+                    exit = self.exited.wait(exit).unwrap_or_else(|p| p.into_inner());
+                }
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    exit = self
+                        .exited
+                        .wait_timeout(exit, left)
+                        .map(|(guard, _)| guard)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+            }
+        }
+        *exit
+    }
+}
+
+enum State {
+    /// Created, waiting for `StartContainer`.
+    Created(Spawned),
+    /// Started (it may have exited since: see its `Proc`).
+    Started,
+    /// Being removed.
+    Removing,
+}
+
+struct Container {
+    id: String,
+    spec: oci_spec::runtime::Spec,
+    state: Mutex<State>,
+    init: Arc<Proc>,
+    execs: Mutex<HashMap<String, Arc<Proc>>>,
+    cgroup: Option<Cgroup>,
+    /// The container's directory under the run directory (its rootfs mount point).
+    dir: PathBuf,
+    /// The rootfs the agent mounted (a block device), unmounted on removal.
+    mounted_rootfs: Option<PathBuf>,
+}
+
+pub struct Sandbox {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose `CreateContainer` is under way.
+    creating: Mutex<std::collections::HashSet<String>>,
+    pub streams: PendingStreams,
+    /// Where container directories go (`/run/husk` in the guest).
+    run_dir: PathBuf,
+    /// The cgroup v2 directory containers go under, or why there is none.
+    cgroup_root: Result<PathBuf, String>,
+    /// PID 1 of a VM (true), or a host process (false): only a VM's agent sets the
+    /// clock, hostname and entropy of its machine, and powers it off.
+    in_vm: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> AgentError {
+    AgentError::new(kind, message)
+}
+
+impl Sandbox {
+    pub fn new(run_dir: PathBuf, in_vm: bool) -> Sandbox {
+        let cgroup_root = cgroups::v2_root()
+            .map(|root| root.join("husk"))
+            .map_err(|e| e.to_string());
+        if let Err(why) = &cgroup_root {
+            log::warn!("containers get no cgroup (no limits, stats or OOM events): {why}");
+        }
+        Sandbox {
+            containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(std::collections::HashSet::new()),
+            streams: PendingStreams::default(),
+            run_dir,
+            cgroup_root,
+            in_vm,
+        }
+    }
+
+    /// Serves one call.
+    pub fn handle(self: &Arc<Self>, call: Call) -> Result<Reply, AgentError> {
+        match call {
+            Call::Ping => Ok(Reply::Pong),
+            Call::ConfigureSandbox(config) => self.configure(&config).map(|()| Reply::Done),
+            Call::CreateContainer(create) => self.create(*create),
+            Call::StartContainer { container_id } => self.start(&container_id),
+            Call::Exec(exec) => self.exec(*exec),
+            Call::Signal {
+                container_id,
+                exec_id,
+                signal,
+                all,
+            } => self.signal(&container_id, exec_id.as_deref(), signal, all),
+            Call::Wait {
+                container_id,
+                exec_id,
+            } => {
+                let proc = self.process(&container_id, exec_id.as_deref())?;
+                proc.wait(None)
+                    .map(Reply::Exited)
+                    .ok_or_else(|| err(ErrorKind::Failed, "the wait ended without an exit"))
+            }
+            Call::CloseStdin {
+                container_id,
+                exec_id,
+            } => {
+                let proc = self.process(&container_id, exec_id.as_deref())?;
+                proc.io
+                    .close_stdin()
+                    .map(|()| Reply::Done)
+                    .map_err(|e| err(ErrorKind::Failed, format!("closing stdin: {e}")))
+            }
+            Call::ResizeTerminal {
+                container_id,
+                exec_id,
+                rows,
+                cols,
+            } => {
+                let proc = self.process(&container_id, exec_id.as_deref())?;
+                proc.io
+                    .resize(rows, cols)
+                    .map(|()| Reply::Done)
+                    .map_err(|e| err(ErrorKind::WrongState, format!("resizing the terminal: {e}")))
+            }
+            Call::Stats { container_id } => self.stats(&container_id).map(Reply::Stats),
+            Call::Pids { container_id } => {
+                self.pids(&container_id).map(|pids| Reply::Pids { pids })
+            }
+            Call::RemoveContainer {
+                container_id,
+                force,
+            } => self.remove(&container_id, force).map(|()| Reply::Done),
+            Call::Shutdown => self.shutdown().map(|()| Reply::Done),
+        }
+    }
+
+    fn configure(&self, config: &SandboxConfig) -> Result<(), AgentError> {
+        if !self.in_vm {
+            // The host backend shares the host's clock, entropy and name.
+            return Ok(());
+        }
+        let failed = |what: &str, e: std::io::Error| err(ErrorKind::Failed, format!("{what}: {e}"));
+        if let Some(ns) = config.time_unix_ns {
+            system::set_clock(ns).map_err(|e| failed("setting the clock", e))?;
+        }
+        if !config.entropy.is_empty() {
+            system::add_entropy(&config.entropy).map_err(|e| failed("adding entropy", e))?;
+        }
+        if let Some(name) = &config.hostname {
+            rustix::system::sethostname(name.as_bytes())
+                .map_err(|e| failed("setting the hostname", e.into()))?;
+        }
+        if !config.dns_servers.is_empty() || !config.dns_search.is_empty() {
+            system::write_resolv_conf(&config.dns_servers, &config.dns_search)
+                .map_err(|e| failed("writing /etc/resolv.conf", e))?;
+        }
+        Ok(())
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
+        lock(&self.containers)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(ErrorKind::NotFound, format!("no container '{id}'")))
+    }
+
+    fn process(&self, container_id: &str, exec_id: Option<&str>) -> Result<Arc<Proc>, AgentError> {
+        let container = self.container(container_id)?;
+        match exec_id {
+            None => Ok(container.init.clone()),
+            Some(exec_id) => lock(&container.execs).get(exec_id).cloned().ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    format!("no process '{exec_id}' in container '{container_id}'"),
+                )
+            }),
+        }
+    }
+
+    fn create(self: &Arc<Self>, create: CreateContainer) -> Result<Reply, AgentError> {
+        let CreateContainer {
+            container_id: id,
+            spec,
+            rootfs,
+            stdio: stdio_config,
+        } = create;
+        check_id(&id)?;
+        let spec = container::parse_spec(spec)
+            .and_then(|spec| container::validate(&spec).map(|()| spec))
+            .map_err(|e| err(ErrorKind::InvalidSpec, e.to_string()))?;
+        // Reserve the id first, so two creates of one id cannot both go on.
+        {
+            let containers = lock(&self.containers);
+            if containers.contains_key(&id) || !lock(&self.creating).insert(id.clone()) {
+                return Err(err(
+                    ErrorKind::AlreadyExists,
+                    format!("container '{id}' exists"),
+                ));
+            }
+        }
+        let dir = self.run_dir.join(&id);
+        let result = std::fs::create_dir_all(&dir)
+            .map_err(|e| {
+                err(
+                    ErrorKind::Failed,
+                    format!("creating {}: {e}", dir.display()),
+                )
+            })
+            .and_then(|()| self.create_in(&id, spec, rootfs, stdio_config, dir.clone()));
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        lock(&self.creating).remove(&id);
+        result
+    }
+
+    fn create_in(
+        self: &Arc<Self>,
+        id: &str,
+        spec: oci_spec::runtime::Spec,
+        rootfs: Rootfs,
+        stdio_config: husk_protocol::StdioConfig,
+        dir: PathBuf,
+    ) -> Result<Reply, AgentError> {
+        let read_only = spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false);
+        let (rootfs_path, mounted_rootfs) = match rootfs {
+            Rootfs::Directory { path } => {
+                if !path.is_absolute() || !path.is_dir() {
+                    return Err(err(
+                        ErrorKind::InvalidSpec,
+                        format!(
+                            "rootfs {} is not an absolute path to a directory",
+                            path.display()
+                        ),
+                    ));
+                }
+                (path, None)
+            }
+            Rootfs::BlockDevice { serial, fs_type } => {
+                let target = dir.join("rootfs");
+                system::mount_drive(&serial, &fs_type, &target, read_only)
+                    .map_err(|e| err(ErrorKind::Failed, e))?;
+                (target.clone(), Some(target))
+            }
+        };
+        let cleanup_rootfs = |mounted: &Option<PathBuf>| {
+            if let Some(path) = mounted {
+                system::unmount(path);
+            }
+        };
+
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
+        let cgroup = match &self.cgroup_root {
+            Ok(root) => match Cgroup::create(root, id, resources.as_ref()) {
+                Ok(cgroup) => Some(cgroup),
+                Err(e) => {
+                    cleanup_rootfs(&mounted_rootfs);
+                    return Err(err(ErrorKind::Failed, format!("cgroup: {e}")));
+                }
+            },
+            Err(why) => {
+                if resources.is_some() {
+                    log::warn!("container {id}: resource limits not applied: {why}");
+                }
+                None
+            }
+        };
+
+        let spawned = stdio::prepare(&self.streams, id, None, stdio_config)
+            .map_err(|e| err(ErrorKind::Failed, e.to_string()))
+            .and_then(|(fds, io)| {
+                let plan = SpawnPlan {
+                    container_id: id.to_owned(),
+                    kind: SpawnKind::Init {
+                        spec: spec.clone(),
+                        rootfs: rootfs_path,
+                    },
+                    cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
+                    terminal: stdio_config.terminal,
+                };
+                spawn::spawn(&plan, fds)
+                    .map(|spawned| (spawned, io))
+                    .map_err(|e| err(ErrorKind::Failed, e.to_string()))
+            });
+        let (spawned, io) = match spawned {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove();
+                }
+                cleanup_rootfs(&mounted_rootfs);
+                return Err(e);
+            }
+        };
+        let pid = spawned.pid;
+        let init = self.watch(id, None, pid, io);
+        let container = Arc::new(Container {
+            id: id.to_owned(),
+            spec,
+            state: Mutex::new(State::Created(spawned)),
+            init,
+            execs: Mutex::new(HashMap::new()),
+            cgroup,
+            dir,
+            mounted_rootfs,
+        });
+        lock(&self.containers).insert(id.to_owned(), container);
+        Ok(Reply::Process { pid })
+    }
+
+    /// Records a new process and reports its exit when it comes.
+    fn watch(
+        &self,
+        container_id: &str,
+        exec_id: Option<&str>,
+        pid: i32,
+        io: ProcessIo,
+    ) -> Arc<Proc> {
+        let proc = Arc::new(Proc {
+            pid,
+            io,
+            exit: Mutex::new(None),
+            exited: Condvar::new(),
+        });
+        let for_exit = proc.clone();
+        let container_id = container_id.to_owned();
+        let exec_id = exec_id.map(str::to_owned);
+        reaper().watch(pid, move |info| {
+            *lock(&for_exit.exit) = Some(info);
+            for_exit.exited.notify_all();
+            bus().publish(Event::Exited {
+                container_id,
+                exec_id,
+                info,
+            });
+        });
+        proc
+    }
+
+    fn start(&self, id: &str) -> Result<Reply, AgentError> {
+        let container = self.container(id)?;
+        let mut state = lock(&container.state);
+        match std::mem::replace(&mut *state, State::Started) {
+            State::Created(spawned) => spawned
+                .start()
+                .map(|()| Reply::Done)
+                .map_err(|e| err(ErrorKind::Failed, format!("starting container '{id}': {e}"))),
+            other => {
+                *state = other;
+                Err(err(
+                    ErrorKind::WrongState,
+                    format!("container '{id}' was started already"),
+                ))
+            }
+        }
+    }
+
+    fn exec(&self, exec: ExecProcess) -> Result<Reply, AgentError> {
+        let ExecProcess {
+            container_id,
+            exec_id,
+            process,
+            stdio: stdio_config,
+        } = exec;
+        check_id(&exec_id)?;
+        let container = self.container(&container_id)?;
+        if !matches!(*lock(&container.state), State::Started) || container.init.exit().is_some() {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("container '{container_id}' is not running"),
+            ));
+        }
+        if lock(&container.execs).contains_key(&exec_id) {
+            return Err(err(
+                ErrorKind::AlreadyExists,
+                format!("process '{exec_id}' exists in container '{container_id}'"),
+            ));
+        }
+        let (fds, io) = stdio::prepare(&self.streams, &container_id, Some(&exec_id), stdio_config)
+            .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+        let plan = SpawnPlan {
+            container_id: container_id.clone(),
+            kind: SpawnKind::Exec {
+                init_pid: container.init.pid,
+                process,
+                spec: container.spec.clone(),
+            },
+            cgroup: container.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            terminal: stdio_config.terminal,
+        };
+        let spawned =
+            spawn::spawn(&plan, fds).map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+        let pid = spawned.pid;
+        let proc = self.watch(&container_id, Some(&exec_id), pid, io);
+        lock(&container.execs).insert(exec_id, proc);
+        Ok(Reply::Process { pid })
+    }
+
+    fn signal(
+        &self,
+        id: &str,
+        exec_id: Option<&str>,
+        signal: i32,
+        all: bool,
+    ) -> Result<Reply, AgentError> {
+        let container = self.container(id)?;
+        let proc = self.process(id, exec_id)?;
+        let signal = rustix::process::Signal::from_named_raw(signal).ok_or_else(|| {
+            err(
+                ErrorKind::BadRequest,
+                format!("{signal} is not a signal number"),
+            )
+        })?;
+        let mut pids = vec![proc.pid];
+        if all && exec_id.is_none() {
+            if let Some(cgroup) = &container.cgroup {
+                pids = cgroup
+                    .pids()
+                    .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+            }
+        }
+        if proc.exit().is_some() && pids == [proc.pid] {
+            return Err(err(
+                ErrorKind::WrongState,
+                format!("the process of '{id}' has exited"),
+            ));
+        }
+        for pid in pids {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                // A process that exited in between is not an error.
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+        Ok(Reply::Done)
+    }
+
+    fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
+        let container = self.container(id)?;
+        let Some(cgroup) = &container.cgroup else {
+            return Err(err(
+                ErrorKind::Unsupported,
+                format!(
+                    "no stats for container '{id}': {}",
+                    self.cgroup_root
+                        .as_ref()
+                        .err()
+                        .map_or("it has no cgroup", |w| w.as_str())
+                ),
+            ));
+        };
+        cgroup
+            .stats()
+            .map_err(|e| err(ErrorKind::Failed, e.to_string()))
+    }
+
+    fn pids(&self, id: &str) -> Result<Vec<i32>, AgentError> {
+        let container = self.container(id)?;
+        if let Some(cgroup) = &container.cgroup {
+            return cgroup
+                .pids()
+                .map_err(|e| err(ErrorKind::Failed, e.to_string()));
+        }
+        // Without a cgroup: the processes the agent started that have not exited.
+        let mut pids: Vec<i32> = std::iter::once(container.init.clone())
+            .chain(lock(&container.execs).values().cloned())
+            .filter(|p| p.exit().is_none())
+            .map(|p| p.pid)
+            .collect();
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    fn remove(&self, id: &str, force: bool) -> Result<(), AgentError> {
+        let container = self.container(id)?;
+        {
+            let mut state = lock(&container.state);
+            let running = container.init.exit().is_none();
+            if matches!(*state, State::Removing) {
+                return Err(err(
+                    ErrorKind::WrongState,
+                    format!("container '{id}' is being removed"),
+                ));
+            }
+            if running && matches!(*state, State::Started) && !force {
+                return Err(err(
+                    ErrorKind::WrongState,
+                    format!("container '{id}' is running: stop it first or remove it with force"),
+                ));
+            }
+            *state = State::Removing;
+        }
+        self.kill_all(&container);
+        if container.init.wait(Some(KILL_WAIT)).is_none() {
+            log::warn!("container {id}: its process did not exit after SIGKILL");
+        }
+        if let Some(cgroup) = &container.cgroup {
+            if let Err(e) = cgroup.kill_all() {
+                log::warn!("container {id}: {e}");
+            }
+        }
+        lock(&self.containers).remove(id);
+        // The last reference goes with this function: unmount and clean up now.
+        let container = match Arc::try_unwrap(container) {
+            Ok(container) => container,
+            Err(shared) => {
+                // A call still holds it (e.g. a Wait that is answering): clean up what
+                // does not need ownership.
+                cleanup_paths(&shared.mounted_rootfs, &shared.dir);
+                return Ok(());
+            }
+        };
+        if let Some(cgroup) = container.cgroup {
+            if let Err(e) = cgroup.remove() {
+                log::warn!("container {id}: {e}");
+            }
+        }
+        cleanup_paths(&container.mounted_rootfs, &container.dir);
+        Ok(())
+    }
+
+    /// SIGKILL to every process of the container.
+    fn kill_all(&self, container: &Container) {
+        let kill = |pid: i32| {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        };
+        if let Some(cgroup) = &container.cgroup {
+            if cgroup.kill_all().is_ok() {
+                return;
+            }
+        }
+        // With its own PID namespace, killing its PID 1 kills the rest.
+        for exec in lock(&container.execs).values() {
+            if exec.exit().is_none() {
+                kill(exec.pid);
+            }
+        }
+        if container.init.exit().is_none() {
+            kill(container.init.pid);
+        }
+        log::debug!("container {}: killed", container.id);
+    }
+
+    fn shutdown(&self) -> Result<(), AgentError> {
+        let ids: Vec<String> = lock(&self.containers).keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.remove(&id, true) {
+                log::warn!("shutdown: {e}");
+            }
+        }
+        if self.in_vm {
+            system::power_off_soon();
+        }
+        Ok(())
+    }
+
+    pub fn events(&self) -> &'static EventBus {
+        bus()
+    }
+
+    /// Polls OOM kill counters of every container and reports increases; runs forever
+    /// on its own thread.
+    pub fn watch_oom(self: Arc<Self>) {
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let containers: Vec<Arc<Container>> =
+                lock(&self.containers).values().cloned().collect();
+            seen.retain(|id, _| containers.iter().any(|c| &c.id == id));
+            for container in containers {
+                let Some(cgroup) = &container.cgroup else {
+                    continue;
+                };
+                let Ok(kills) = cgroup.oom_kills() else {
+                    continue;
+                };
+                let before = seen.insert(container.id.clone(), kills).unwrap_or(0);
+                if kills > before {
+                    bus().publish(Event::Oom {
+                        container_id: container.id.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn cleanup_paths(mounted_rootfs: &Option<PathBuf>, dir: &Path) {
+    if let Some(path) = mounted_rootfs {
+        system::unmount(path);
+    }
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        log::warn!("removing {}: {e}", dir.display());
+    }
+}
+
+/// Container and exec ids name directories and cgroups: keep them plain.
+fn check_id(id: &str) -> Result<(), AgentError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorKind::BadRequest,
+            format!("'{id}' is not a valid id: 1-128 letters, digits, '-', '_' or '.', not starting with '.'"),
+        ))
+    }
+}
