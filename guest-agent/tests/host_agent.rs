@@ -458,3 +458,19 @@ fn version_mismatch_and_bad_frames() {
     conn.write_all(&u32::MAX.to_le_bytes()).expect("len");
     agent.client.ping().expect("the agent still serves");
 }
+
+#[test]
+fn an_unknown_namespace_type_is_named() {
+    let agent = HostAgent::start("bad-ns");
+    let mut value = json(&spec(&["true"]));
+    value["linux"]["namespaces"] = serde_json::json!([{"type": "pid"}, {"type": "bogus"}]);
+    let e = agent_error(agent.client.create_container(CreateContainer {
+        container_id: "ns".into(),
+        spec: value,
+        rootfs: rootfs(),
+        stdio: StdioConfig::default(),
+    }));
+    assert_eq!(e.kind, ErrorKind::InvalidSpec, "{e}");
+    assert!(e.message.contains("bogus"), "{e}");
+    agent.client.ping().expect("the agent still serves");
+}
