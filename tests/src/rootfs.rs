@@ -16,6 +16,10 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// The rootfs directory, built if missing.
 pub fn busybox_rootfs() -> Result<PathBuf, Error> {
+    // One builder per process (tests run on parallel threads); processes race safely
+    // through the rename below.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     let busybox = std::fs::read(BUSYBOX).map_err(|e| {
         Error(format!(
             "{BUSYBOX}: {e} (install Debian's busybox-static: apt-get install busybox-static)"
