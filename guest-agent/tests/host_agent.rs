@@ -474,3 +474,68 @@ fn an_unknown_namespace_type_is_named() {
     assert!(e.message.contains("bogus"), "{e}");
     agent.client.ping().expect("the agent still serves");
 }
+
+#[test]
+fn an_unknown_seccomp_action_is_named() {
+    let agent = HostAgent::start("bad-seccomp");
+    let mut value = json(&spec(&["true"]));
+    value["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_EXPLODE"}]
+    });
+    let e = agent_error(agent.client.create_container(CreateContainer {
+        container_id: "sc".into(),
+        spec: value,
+        rootfs: rootfs(),
+        stdio: StdioConfig::default(),
+    }));
+    assert_eq!(e.kind, ErrorKind::InvalidSpec, "{e}");
+    assert!(e.message.contains("SCMP_ACT_EXPLODE"), "{e}");
+    agent.client.ping().expect("the agent still serves");
+}
+
+#[test]
+fn a_seccomp_profile_applies_in_the_container() {
+    let agent = HostAgent::start("seccomp");
+    let mut value = json(&spec(&["sh", "-c", "mkdir /tmp/x; echo rc=$?"]));
+    value["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let client = &agent.client;
+    let out = collect(
+        client
+            .open_stream("sc", None, StreamKind::Stdout)
+            .expect("stream"),
+    );
+    let err = collect(
+        client
+            .open_stream("sc", None, StreamKind::Stderr)
+            .expect("stream"),
+    );
+    client
+        .create_container(CreateContainer {
+            container_id: "sc".into(),
+            spec: value,
+            rootfs: rootfs(),
+            stdio: StdioConfig {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        })
+        .expect("create");
+    client.start_container("sc").expect("start");
+    assert_eq!(
+        client.wait("sc", None).expect("wait").status,
+        ExitStatus::Code(0)
+    );
+    let (out, err) = (out.join().expect("reader"), err.join().expect("reader"));
+    assert_eq!(String::from_utf8_lossy(&out), "rc=1\n");
+    assert!(
+        String::from_utf8_lossy(&err).contains("not permitted"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
+    client.remove_container("sc", false).expect("remove");
+}

@@ -38,6 +38,8 @@ pub enum SpecError {
     },
     /// root.path: missing
     NoRoot,
+    /// {0}
+    Seccomp(#[from] seccomp::SeccompError),
     /// mounts[{index}].destination {path:?}: not an absolute path
     RelativeMount { index: usize, path: String },
     /// mounts[{index}].destination: a mount on / would hide the rootfs
@@ -185,7 +187,10 @@ const NAMESPACE_TYPES: [&str; 8] = [
 /// serde's bare "unknown variant" (which `oci-spec`'s deserializer gives, and which would
 /// fail a whole protocol frame if the spec were decoded along with it). Other parse errors
 /// come back as serde's message.
-pub fn parse_spec(value: serde_json::Value) -> Result<Spec, SpecError> {
+pub fn parse_spec(mut value: serde_json::Value) -> Result<Spec, SpecError> {
+    if let Some(profile) = value.pointer_mut("/linux/seccomp") {
+        seccomp::prepare_json(profile)?;
+    }
     if let Some(namespaces) = value
         .get("linux")
         .and_then(|l| l.get("namespaces"))
