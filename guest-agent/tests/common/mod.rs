@@ -42,7 +42,7 @@ impl HostAgent {
         let dir = scratch_dir(&format!("agent-{name}")).expect("scratch dir");
         let socket = dir.join("agent.sock");
         let run_dir = dir.join("run");
-        let child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
             .arg("--run-dir")
@@ -50,17 +50,22 @@ impl HostAgent {
             .stdin(Stdio::null())
             .spawn()
             .expect("starting husk-agent");
+        // The socket file appears at bind(), a moment before listen(): retry refused
+        // connections until the agent listens.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "the agent never listened on {}",
-                socket.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let client = AgentClient::connect(Arc::new(UnixConnector(socket.clone())))
-            .expect("connecting to the agent");
+        let client = loop {
+            match AgentClient::connect(Arc::new(UnixConnector(socket.clone()))) {
+                Ok(client) => break client,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("the agent never answered on {}: {e}", socket.display());
+                }
+            }
+        };
         HostAgent {
             child,
             client,
