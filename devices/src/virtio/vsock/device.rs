@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
@@ -50,6 +50,21 @@ struct Active {
     mem: GuestMemory,
     queues: Vec<Queue>,
     interrupt: Arc<Interrupt>,
+}
+
+impl Active {
+    /// Serves queue `index` with `serve`, which also gets the guest memory.
+    fn serve(
+        &mut self,
+        index: u16,
+        name: &str,
+        mut serve: impl FnMut(&GuestMemory, DescriptorChain<&GuestMemory>) -> Served,
+    ) {
+        let mem = &self.mem;
+        if let Some(queue) = self.queues.get_mut(usize::from(index)) {
+            serve_queue(queue, mem, &self.interrupt, name, |chain| serve(mem, chain));
+        }
+    }
 }
 
 pub struct Vsock {
@@ -156,18 +171,10 @@ impl Vsock {
             tx_scratch,
             ..
         } = self;
-        let Some(Active {
-            mem,
-            queues,
-            interrupt,
-        }) = active.as_mut()
-        else {
+        let Some(active) = active.as_mut() else {
             return;
         };
-        let Some(queue) = queues.get_mut(usize::from(TX_QUEUE)) else {
-            return;
-        };
-        serve_queue(queue, mem, interrupt, "vsock: tx queue", |chain| {
+        active.serve(TX_QUEUE, "vsock: tx queue", |mem, chain| {
             tx_packet(muxer, mem, *guest_cid, chain, tx_scratch, now);
             Served::Used(0)
         });
@@ -176,18 +183,10 @@ impl Vsock {
     /// Fills rx buffers with what the muxer owes the guest.
     fn process_rx(&mut self) {
         let Self { active, muxer, .. } = self;
-        let Some(Active {
-            mem,
-            queues,
-            interrupt,
-        }) = active.as_mut()
-        else {
+        let Some(active) = active.as_mut() else {
             return;
         };
-        let Some(queue) = queues.get_mut(usize::from(RX_QUEUE)) else {
-            return;
-        };
-        serve_queue(queue, mem, interrupt, "vsock: rx queue", |chain| {
+        active.serve(RX_QUEUE, "vsock: rx queue", |mem, chain| {
             if !muxer.has_rx_work() {
                 return Served::Later;
             }
