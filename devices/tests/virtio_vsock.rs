@@ -1101,21 +1101,7 @@ fn works_without_event_idx() {
 #[test]
 fn fuzz_regressions_replay() {
     use husk_devices::virtio::vsock::fuzzing;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/vsock_packet");
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "cannot read the fuzz regressions in {}: {e} (they belong to the repository)",
-            dir.display()
-        )
-    });
-    let mut inputs: Vec<Vec<u8>> = Vec::new();
-    for entry in entries {
-        let path = entry.expect("listing fuzz regressions").path();
-        if path.extension().is_some_and(|e| e == "md") {
-            continue;
-        }
-        inputs.push(std::fs::read(&path).expect("reading a fuzz regression"));
-    }
+    let mut inputs = husk_devices::virtio::testing::fuzz_regressions("vsock_packet");
     inputs.push((0u8..=255).collect());
     inputs.push(vec![0xff; 300]);
     for input in &inputs {

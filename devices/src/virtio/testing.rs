@@ -437,3 +437,63 @@ impl TestDriver {
         self.write_reg(reg::INTERRUPT_ACK, bits);
     }
 }
+
+/// A fuzz input read front to back as a little program; zeros once it runs out. Shared
+/// by the devices' fuzzing harnesses.
+pub struct FuzzInput<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> FuzzInput<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data }
+    }
+    pub fn done(&self) -> bool {
+        self.data.is_empty()
+    }
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    pub fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    pub fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8()).collect()
+    }
+}
+
+/// The inputs kept in `fuzz/regressions/<target>/` (every file but the README), for the
+/// tests that replay them. Panics if the directory cannot be read: it is part of the
+/// repository.
+pub fn fuzz_regressions(target: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions")
+        .join(target);
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the fuzz regressions in {}: {e} (they belong to the repository)",
+            dir.display()
+        )
+    });
+    let mut inputs = Vec::new();
+    for entry in entries {
+        let path = entry.expect("listing fuzz regressions").path();
+        if path.extension().is_some_and(|e| e == "md") {
+            continue;
+        }
+        inputs.push(std::fs::read(&path).expect("reading a fuzz regression"));
+    }
+    inputs
+}

@@ -36,7 +36,8 @@ use super::{features as blk_features, Block, BlockConfig, ID_LEN, SECTOR_SIZE};
 use crate::virtio::chain::MAX_DESCS;
 use crate::virtio::features;
 use crate::virtio::testing::{
-    guest_memory, TestDriver, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+    guest_memory, FuzzInput, TestDriver, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
+    VIRTQ_DESC_F_WRITE,
 };
 
 const Q: u16 = 0;
@@ -69,35 +70,6 @@ pub struct Summary {
     pub raw: u32,
     /// Times the device asked for a reset, as predicted.
     pub broken: u32,
-}
-
-/// The bytes of the input, read front to back; zeros once it runs out.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl Input<'_> {
-    fn done(&self) -> bool {
-        self.data.is_empty()
-    }
-    fn u8(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
 }
 
 /// The backing file: one per process, rewritten at the start of every run.
@@ -550,7 +522,7 @@ impl Harness {
     }
 
     /// A request built by the harness, predicted by the model.
-    fn request(&mut self, input: &mut Input) {
+    fn request(&mut self, input: &mut FuzzInput) {
         if self.tainted || self.drv.needs_reset() {
             self.restart(true);
         }
@@ -743,7 +715,7 @@ impl Harness {
     /// Lays `bytes` out over `parts` buffers cut at points the input chooses.
     fn cut(
         &mut self,
-        input: &mut Input,
+        input: &mut FuzzInput,
         bytes: &[u8],
         parts: usize,
         writable: bool,
@@ -772,7 +744,7 @@ impl Harness {
     }
 
     /// One raw descriptor, and maybe an avail entry: loops, bad indexes, anything.
-    fn raw(&mut self, input: &mut Input) {
+    fn raw(&mut self, input: &mut FuzzInput) {
         let slot = u16::from(input.u8()) % self.qsize;
         let sel = input.u8();
         let addr = match sel % 4 {
@@ -829,7 +801,7 @@ impl Harness {
     }
 
     /// The avail index jumps.
-    fn jump(&mut self, input: &mut Input) {
+    fn jump(&mut self, input: &mut FuzzInput) {
         let idx = input.u16();
         let behind = u16::from(input.u8() % 4);
         let published: u16 = self
@@ -856,7 +828,7 @@ impl Harness {
     }
 
     /// Random bytes in the descriptor table or the driver area (not its index).
-    fn scribble(&mut self, input: &mut Input) {
+    fn scribble(&mut self, input: &mut FuzzInput) {
         let value = input.u16();
         let at = match input.u8() % 3 {
             0 => DESC_TABLE + u64::from(input.u16()) % (16 * u64::from(self.qsize)),
@@ -893,7 +865,7 @@ pub fn run(data: &[u8]) -> Summary {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(disk_path(), &initial).expect("writing the backing file");
-    let mut input = Input { data };
+    let mut input = FuzzInput::new(data);
 
     let setup = input.u8();
     let read_only = setup & 1 != 0;

@@ -18,7 +18,9 @@ use vm_memory::{Bytes, GuestAddress};
 use super::packet::{PacketHeader, HDR_LEN, HOST_CID, TYPE_STREAM};
 use super::{Vsock, EVENT_QUEUE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::features;
-use crate::virtio::testing::{guest_memory, TestDriver, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+use crate::virtio::testing::{
+    guest_memory, FuzzInput, TestDriver, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
+};
 
 const GUEST_CID: u64 = 3;
 const QSIZE: u16 = 16;
@@ -28,38 +30,6 @@ const ARENA: u64 = 0x8_0000;
 const ARENA_SIZE: u64 = 0x7_0000;
 /// Host ports with a listener (`<uds>_1`, `<uds>_2`); others have none.
 const LISTEN_PORTS: [u32; 2] = [1, 2];
-
-/// The bytes of the input, read front to back; zeros once it runs out.
-struct Input<'a> {
-    data: &'a [u8],
-}
-
-impl Input<'_> {
-    fn done(&self) -> bool {
-        self.data.is_empty()
-    }
-    fn u8(&mut self) -> u8 {
-        match self.data.split_first() {
-            Some((&b, rest)) => {
-                self.data = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8()).collect()
-    }
-}
 
 struct Paths {
     uds: PathBuf,
@@ -136,7 +106,7 @@ pub fn run(data: &[u8]) -> Vec<u16> {
     };
     let device = Arc::new(Mutex::new(device));
     let mut drv = TestDriver::new(device.clone(), guest_memory(MEM_SIZE));
-    let mut input = Input { data };
+    let mut input = FuzzInput::new(data);
 
     let first = input.u8();
     let mut feats = features::VERSION_1;
