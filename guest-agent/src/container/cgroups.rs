@@ -1212,10 +1212,12 @@ mod tests {
             Ok(root) => root,
             Err(_) => PathBuf::from("/sys/fs/cgroup/unified"),
         };
-        if fs_type(&mount) != Some(CGROUP2_SUPER_MAGIC) || !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: no cgroup v2 file system this test may use");
-            return Ok(());
-        }
+        // Not a skip: a test that cannot run here fails and says why.
+        assert!(
+            fs_type(&mount) == Some(CGROUP2_SUPER_MAGIC) && rustix::process::geteuid().is_root(),
+            "cannot run: needs root and a cgroup v2 file system at {}",
+            mount.display()
+        );
         let base = mount.join(format!("husk-test-{}", std::process::id()));
         let root = base.join("husk");
         let result = (|| -> TestResult {
