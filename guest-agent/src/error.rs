@@ -16,6 +16,11 @@ pub enum Error {
         target: &'static str,
         source: io::Error,
     },
+    #[error("cannot move the root off the initramfs: {step}: {source}")]
+    LeaveInitramfs {
+        step: &'static str,
+        source: io::Error,
+    },
     #[error("cannot read {path}: {source}")]
     Read {
         path: &'static str,

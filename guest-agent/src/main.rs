@@ -74,7 +74,12 @@ fn main() {
 
     // SAFETY: getpid() has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() };
-    if pid == 1 && args.is_empty() {
+    if pid == 1 {
+        // The kernel hands init the words of its command line that it does not know
+        // (`nomodule`, say): PID 1 must not exit over them, it would panic the guest.
+        if !args.is_empty() {
+            log::info!("ignoring arguments from the kernel: {}", args.join(" "));
+        }
         run_as_init();
     }
     match parse_host_args(&args) {
@@ -125,6 +130,9 @@ fn run_on_host(address: &ListenAddress, run_dir: PathBuf) -> ! {
 }
 
 fn run_as_init() -> ! {
+    if let Err(error) = mounts::leave_initramfs() {
+        console::error(&error);
+    }
     for error in mounts::mount_all() {
         console::error(&error);
     }

@@ -1,5 +1,6 @@
-//! The file systems PID 1 mounts before anything else: proc, sysfs, devtmpfs, the pty
-//! and shared-memory file systems, `/run`, and cgroup v2.
+//! The file systems PID 1 mounts before anything else: a tmpfs root in place of the
+//! initramfs, proc, sysfs, devtmpfs, the pty and shared-memory file systems, `/run`, and
+//! cgroup v2.
 
 use std::ffi::CStr;
 use std::path::Path;
@@ -62,6 +63,57 @@ const MOUNTS: [Mount; 7] = [
         data: None,
     },
 ];
+
+/// Where the new root is mounted before it is moved onto `/`.
+const NEW_ROOT: &str = "/.husk-root";
+
+/// Replaces an initramfs root with a tmpfs mounted over it.
+///
+/// The kernel refuses `pivot_root` while the root is the initramfs itself (a mount with
+/// no parent), and containers are set up with `pivot_root`. So, as `switch_root` does,
+/// a tmpfs is moved onto `/` and becomes the root. The agent keeps running from its
+/// file in the initramfs (it re-executes itself through `/proc/self/exe`), so nothing
+/// needs copying. A root that is not a RAM file system (a disk) is left alone.
+pub fn leave_initramfs() -> Result<(), Error> {
+    const RAMFS_MAGIC: u64 = 0x8584_58f6;
+    const TMPFS_MAGIC: u64 = 0x0102_1994;
+    let step = |step: &'static str| {
+        move |e: rustix::io::Errno| Error::LeaveInitramfs {
+            step,
+            source: e.into(),
+        }
+    };
+    let root_type = rustix::fs::statfs("/").map_err(step("statfs /"))?.f_type as u64;
+    if root_type != RAMFS_MAGIC && root_type != TMPFS_MAGIC {
+        return Ok(());
+    }
+    std::fs::create_dir_all(NEW_ROOT).map_err(|source| Error::LeaveInitramfs {
+        step: "creating /.husk-root",
+        source,
+    })?;
+    rustix::mount::mount(
+        "tmpfs",
+        NEW_ROOT,
+        "tmpfs",
+        MountFlags::NOSUID,
+        Some(c"mode=0755"),
+    )
+    .map_err(step("mounting a tmpfs on /.husk-root"))?;
+    // The directories the initramfs had that nothing mounts over.
+    for (dir, mode) in [("root", 0o700), ("tmp", 0o1777)] {
+        let path = Path::new(NEW_ROOT).join(dir);
+        rustix::fs::mkdir(&path, rustix::fs::Mode::from_raw_mode(mode))
+            .map_err(step("creating /root and /tmp"))?;
+        // mkdir applies the umask; the sticky /tmp must be exactly 1777.
+        rustix::fs::chmod(&path, rustix::fs::Mode::from_raw_mode(mode))
+            .map_err(step("creating /root and /tmp"))?;
+    }
+    rustix::process::chdir(NEW_ROOT).map_err(step("chdir /.husk-root"))?;
+    rustix::mount::mount_move(".", "/").map_err(step("moving /.husk-root onto /"))?;
+    rustix::process::chroot(".").map_err(step("chroot"))?;
+    rustix::process::chdir("/").map_err(step("chdir /"))?;
+    Ok(())
+}
 
 /// Mounts them all; returns the errors (each mount is tried regardless of the others).
 pub fn mount_all() -> Vec<Error> {

@@ -2,7 +2,7 @@
 //! them. Every call returns a [`Reply`] or an [`AgentError`]; nothing here panics.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -77,10 +77,10 @@ struct Container {
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
     cgroup: Option<Cgroup>,
-    /// The container's directory under the run directory (its rootfs mount point).
+    /// The container's directory under the run directory.
     dir: PathBuf,
-    /// The rootfs the agent mounted (a block device), unmounted on removal.
-    mounted_rootfs: Option<PathBuf>,
+    /// The serial of the drive its rootfs is on, released on removal.
+    drive: Option<String>,
 }
 
 pub struct Sandbox {
@@ -88,6 +88,8 @@ pub struct Sandbox {
     /// Ids whose `CreateContainer` is under way.
     creating: Mutex<std::collections::HashSet<String>>,
     pub streams: PendingStreams,
+    /// The drives container root file systems are on.
+    drives: system::Drives,
     /// Where container directories go (`/run/husk` in the guest).
     run_dir: PathBuf,
     /// The cgroup v2 directory containers go under, or why there is none.
@@ -117,6 +119,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(std::collections::HashSet::new()),
             streams: PendingStreams::default(),
+            drives: system::Drives::new(run_dir.join("drives")),
             run_dir,
             cgroup_root,
             in_vm,
@@ -268,12 +271,7 @@ impl Sandbox {
         stdio_config: husk_protocol::StdioConfig,
         dir: PathBuf,
     ) -> Result<Reply, AgentError> {
-        let read_only = spec
-            .root()
-            .as_ref()
-            .and_then(|r| r.readonly())
-            .unwrap_or(false);
-        let (rootfs_path, mounted_rootfs) = match rootfs {
+        let (rootfs_path, drive) = match rootfs {
             Rootfs::Directory { path } => {
                 if !path.is_absolute() || !path.is_dir() {
                     return Err(err(
@@ -287,15 +285,16 @@ impl Sandbox {
                 (path, None)
             }
             Rootfs::BlockDevice { serial, fs_type } => {
-                let target = dir.join("rootfs");
-                system::mount_drive(&serial, &fs_type, &target, read_only)
+                let path = self
+                    .drives
+                    .acquire(&serial, &fs_type)
                     .map_err(|e| err(ErrorKind::Failed, e))?;
-                (target.clone(), Some(target))
+                (path, Some(serial))
             }
         };
-        let cleanup_rootfs = |mounted: &Option<PathBuf>| {
-            if let Some(path) = mounted {
-                system::unmount(path);
+        let release_drive = || {
+            if let Some(serial) = &drive {
+                self.drives.release(serial);
             }
         };
 
@@ -304,7 +303,7 @@ impl Sandbox {
             Ok(root) => match Cgroup::create(root, id, resources.as_ref()) {
                 Ok(cgroup) => Some(cgroup),
                 Err(e) => {
-                    cleanup_rootfs(&mounted_rootfs);
+                    release_drive();
                     return Err(err(ErrorKind::Failed, format!("cgroup: {e}")));
                 }
             },
@@ -338,7 +337,7 @@ impl Sandbox {
                 if let Some(cgroup) = cgroup {
                     let _ = cgroup.remove();
                 }
-                cleanup_rootfs(&mounted_rootfs);
+                release_drive();
                 return Err(e);
             }
         };
@@ -352,7 +351,7 @@ impl Sandbox {
             execs: Mutex::new(HashMap::new()),
             cgroup,
             dir,
-            mounted_rootfs,
+            drive,
         });
         lock(&self.containers).insert(id.to_owned(), container);
         Ok(Reply::Process { pid })
@@ -549,23 +548,24 @@ impl Sandbox {
             }
         }
         lock(&self.containers).remove(id);
-        // The last reference goes with this function: unmount and clean up now.
-        let container = match Arc::try_unwrap(container) {
-            Ok(container) => container,
-            Err(shared) => {
-                // A call still holds it (e.g. a Wait that is answering): clean up what
-                // does not need ownership.
-                cleanup_paths(&shared.mounted_rootfs, &shared.dir);
-                return Ok(());
-            }
-        };
-        if let Some(cgroup) = container.cgroup {
+        self.release(&container);
+        Ok(())
+    }
+
+    /// Releases what a removed container held: its cgroup, its drive, its directory.
+    /// (Calls still under way may hold the container itself a moment longer.)
+    fn release(&self, container: &Container) {
+        if let Some(cgroup) = &container.cgroup {
             if let Err(e) = cgroup.remove() {
-                log::warn!("container {id}: {e}");
+                log::warn!("container {}: {e}", container.id);
             }
         }
-        cleanup_paths(&container.mounted_rootfs, &container.dir);
-        Ok(())
+        if let Some(serial) = &container.drive {
+            self.drives.release(serial);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&container.dir) {
+            log::warn!("removing {}: {e}", container.dir.display());
+        }
     }
 
     /// SIGKILL to every process of the container.
@@ -605,6 +605,11 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Why containers get no cgroup, if they get none.
+    pub fn cgroups_unavailable(&self) -> Option<&str> {
+        self.cgroup_root.as_ref().err().map(String::as_str)
+    }
+
     pub fn events(&self) -> &'static EventBus {
         bus()
     }
@@ -633,15 +638,6 @@ impl Sandbox {
                 }
             }
         }
-    }
-}
-
-fn cleanup_paths(mounted_rootfs: &Option<PathBuf>, dir: &Path) {
-    if let Some(path) = mounted_rootfs {
-        system::unmount(path);
-    }
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        log::warn!("removing {}: {e}", dir.display());
     }
 }
 

@@ -61,6 +61,7 @@ fn connection(mut conn: Connection, sandbox: &Arc<Sandbox>) {
     let info = AgentInfo {
         version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        cgroups_unavailable: sandbox.cgroups_unavailable().map(str::to_owned),
     };
     if !reply_hello(&mut conn, Ok(info)) {
         return;

@@ -1,10 +1,12 @@
 //! What the agent does to the guest machine as a whole: its clock, entropy, name
 //! servers, drives, and power.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rustix::mount::{MountFlags, UnmountFlags};
@@ -72,26 +74,89 @@ pub fn find_drive(serial: &str) -> Result<PathBuf, String> {
     Err(format!("no drive with serial '{serial}'"))
 }
 
-/// Mounts the drive with serial `serial` on `target` (created if missing).
-pub fn mount_drive(
-    serial: &str,
-    fs_type: &str,
-    target: &Path,
-    read_only: bool,
-) -> Result<(), String> {
-    let device = find_drive(serial)?;
-    std::fs::create_dir_all(target).map_err(|e| format!("creating {}: {e}", target.display()))?;
-    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
-    if read_only {
-        flags |= MountFlags::RDONLY;
+/// The drives that hold container root file systems. Each is mounted once, under
+/// `<dir>/<serial>`, and shared by the containers on it: the kernel refuses a second mount
+/// of a device with another read-only flag, so containers with a read-only and a writable
+/// root could not share a drive otherwise. A drive is mounted read-write unless the device
+/// is read-only; a container's read-only root is made read-only after its mounts, as for a
+/// directory rootfs (and as runc does), so mount points can still be made in it.
+pub struct Drives {
+    dir: PathBuf,
+    /// Serial → (file system type, containers using it).
+    mounted: Mutex<HashMap<String, (String, usize)>>,
+}
+
+impl Drives {
+    pub fn new(dir: PathBuf) -> Drives {
+        Drives {
+            dir,
+            mounted: Mutex::new(HashMap::new()),
+        }
     }
-    rustix::mount::mount(&device, target, fs_type, flags, None::<&std::ffi::CStr>).map_err(|e| {
-        format!(
-            "cannot mount {} ({fs_type}, serial '{serial}') on {}: {e}",
-            device.display(),
-            target.display()
-        )
-    })
+
+    /// Mounts the drive with serial `serial` unless it is mounted; returns where.
+    pub fn acquire(&self, serial: &str, fs_type: &str) -> Result<PathBuf, String> {
+        let plain = !serial.is_empty()
+            && !serial.starts_with('.')
+            && serial
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !plain {
+            return Err(format!(
+                "'{serial}' is not a drive serial: letters, digits, '-', '_' or '.'"
+            ));
+        }
+        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        let target = self.dir.join(serial);
+        if let Some((mounted_type, users)) = mounted.get_mut(serial) {
+            if mounted_type != fs_type {
+                return Err(format!(
+                    "drive '{serial}' is mounted as {mounted_type}, not {fs_type}"
+                ));
+            }
+            *users += 1;
+            return Ok(target);
+        }
+        let device = find_drive(serial)?;
+        std::fs::create_dir_all(&target)
+            .map_err(|e| format!("creating {}: {e}", target.display()))?;
+        let mount = |flags: MountFlags| {
+            rustix::mount::mount(&device, &target, fs_type, flags, None::<&std::ffi::CStr>)
+        };
+        let flags = MountFlags::NOSUID | MountFlags::NODEV;
+        let result = match mount(flags) {
+            // A read-only device: a read-only mount.
+            Err(rustix::io::Errno::ROFS | rustix::io::Errno::ACCESS) => {
+                mount(flags | MountFlags::RDONLY)
+            }
+            other => other,
+        };
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir(&target);
+            return Err(format!(
+                "cannot mount {} ({fs_type}, serial '{serial}') on {}: {e}",
+                device.display(),
+                target.display()
+            ));
+        }
+        mounted.insert(serial.to_owned(), (fs_type.to_owned(), 1));
+        Ok(target)
+    }
+
+    /// One container less on the drive; the last one unmounts it.
+    pub fn release(&self, serial: &str) {
+        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((_, users)) = mounted.get_mut(serial) else {
+            return;
+        };
+        *users -= 1;
+        if *users == 0 {
+            mounted.remove(serial);
+            let target = self.dir.join(serial);
+            unmount(&target);
+            let _ = std::fs::remove_dir(&target);
+        }
+    }
 }
 
 /// Detaches the mount on `path`; failures are logged.

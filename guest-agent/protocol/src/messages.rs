@@ -58,6 +58,9 @@ pub struct AgentInfo {
     pub version: u32,
     /// The agent's own version (its crate version).
     pub agent_version: String,
+    /// Why containers get no cgroup, so no resource limits, stats or OOM events (e.g. a
+    /// host agent on a cgroup v1 host); `None` when they get one under cgroup v2.
+    pub cgroups_unavailable: Option<String>,
 }
 
 /// A call from the host, with an id the response carries back.

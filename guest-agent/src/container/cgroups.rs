@@ -253,7 +253,7 @@ impl Cgroup {
     /// Removes the cgroup (and any cgroups the container made below it), once its
     /// processes are gone: the kernel refuses (EBUSY) while it still counts one, so this
     /// retries for up to 2 s. A cgroup already gone is fine.
-    pub fn remove(self) -> Result<(), CgroupError> {
+    pub fn remove(&self) -> Result<(), CgroupError> {
         let deadline = Instant::now() + REMOVE_WAIT;
         loop {
             match remove_tree(&self.path) {
@@ -536,8 +536,10 @@ fn settings(resources: &LinuxResources) -> Result<Vec<Setting>, CgroupError> {
             out.push(Setting::new("memory.low", value));
         }
         if let Some(value) = swap_max(memory.limit(), memory.swap().unwrap_or(0))? {
-            // Without swap accounting the file is missing: "max" is what it is anyway.
-            let optional = value == "max";
+            // Without swap accounting, or swap, the file is missing: no swap limit ("max")
+            // and no swap ("0", as for a guest kernel without swap) hold anyway, as runc
+            // also reasons; a real limit in between cannot be kept, and is an error.
+            let optional = value == "max" || value == "0";
             out.push(Setting::new("memory.swap.max", value).optional(optional));
         }
         for (name, set) in [
