@@ -29,4 +29,7 @@ tests/lab/run.sh linux-boot
 step "layer 5: virtio-blk and virtio-vsock under Linux (tests/lab/run.sh virtio)"
 tests/lab/run.sh virtio
 
+step "layer 5: the agent suite with the agent as PID 1 of husk VMs (tests/lab/run.sh agent)"
+tests/lab/run.sh agent
+
 step "all tests passed"

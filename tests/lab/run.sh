@@ -17,6 +17,10 @@
 #                                      the ratio husk/QEMU
 #   tests/lab/run.sh selftest          the lab itself: /dev/kvm and QEMU microvm booting the
 #                                      guest kernel with a busybox initramfs (and husk too)
+#   tests/lab/run.sh agent             the test: the agent suite (guest-agent/tests/
+#                                      agent_suite.rs) against the agent as PID 1 of the
+#                                      built guest under husk vmm, over vsock, one VM per
+#                                      test, cgroup v2 limits, OOM events and stats included
 #   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
 #                                      against husk's devices, with the device-test guest
 #                                      (tests/lab/guest); TESTs: blk fsync vsock (default:
@@ -81,7 +85,7 @@ kvm_situation() {
 GROUP=$1
 shift
 case "$GROUP" in
-    linux-boot | selftest) [ $# -eq 0 ] || usage ;;
+    linux-boot | selftest | agent) [ $# -eq 0 ] || usage ;;
     virtio)
         for t in "$@"; do
             case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
@@ -220,6 +224,25 @@ INIT
             FILES+=("$husk")
             ENVS+=("HUSK=$husk")
         fi
+        ;;
+    agent)
+        scenario=$HERE/scenarios/agent.sh
+        need_guest
+        apt_install e2fsprogs busybox-static
+        mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) ||
+            die "mkfs.ext4 is not installed (e2fsprogs)"
+        # The suite's test binary, as cargo test builds it.
+        suite=$(cd "$REPO" && cargo test --quiet -p husk-agent --test agent_suite --no-run \
+            --message-format=json |
+            sed -n 's/.*"executable":"\([^"]*agent_suite[^"]*\)".*/\1/p' | tail -n 1) ||
+            die "cargo test -p husk-agent --test agent_suite --no-run failed"
+        if [ -z "$suite" ] || [ ! -x "$suite" ]; then
+            die "cargo test -p husk-agent --test agent_suite --no-run built no test binary"
+        fi
+        husk=$(husk_binary)
+        FILES+=("$suite" "$husk" "$GUEST_KERNEL" "$GUEST_INITRD" "$mkfs")
+        ENVS+=("AGENT_SUITE=$suite" "HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
+            "GUEST_INITRD=$GUEST_INITRD" "MKFS_EXT4=$mkfs")
         ;;
     virtio)
         scenario=$HERE/scenarios/virtio.sh

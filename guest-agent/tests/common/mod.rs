@@ -1,85 +1,379 @@
-//! Support for layer-3 tests: the agent as a host process on a Unix socket (root), the
-//! runtime's typed client, busybox containers.
+//! Support for the agent suite (`agent_suite.rs`): one agent per test, on one of two
+//! targets, driven by the runtime's typed client with busybox containers.
+//!
+//! - Layer 3 (the default): the agent as a host process (`husk-agent --listen unix:…`,
+//!   root), containers on a busybox rootfs directory.
+//! - Layer 5 (`HUSK_AGENT_SUITE=vm`, set by the lab's `agent` scenario): the agent as PID 1
+//!   of a `husk vmm` guest, reached over hybrid vsock (port 1024), containers on an ext4
+//!   image of the same rootfs on a virtio-blk drive. It needs `HUSK` (the husk binary),
+//!   `GUEST_KERNEL`, `GUEST_INITRD` and `MKFS_EXT4`.
+//!
+//! What a test checks about the agent's machine (its processes, mounts and files) it
+//! sees through a probe container that shares the machine's PID namespace, so the same
+//! check works on both targets.
 
 #![allow(dead_code)] // each test file uses its own part
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_protocol::{
-    Connection, CreateContainer, ExitInfo, ExitStatus, Rootfs, StdioConfig, StreamKind,
-    UnixConnector,
+    Connection, Connector, CreateContainer, ExitInfo, HybridVsockConnector, Rootfs, StdioConfig,
+    StreamKind, UnixConnector, AGENT_VSOCK_PORT,
 };
 use husk_runtime::agent::AgentClient;
 use husk_tests::rootfs::busybox_rootfs;
 use husk_tests::{scratch_dir, ScratchDir};
-use oci_spec::runtime::{ProcessBuilder, Spec};
+use oci_spec::runtime::Spec;
 
-/// The agent under test, with its own socket and run directory; killed on drop.
-pub struct HostAgent {
-    pub child: Child,
-    pub client: AgentClient,
-    pub socket: PathBuf,
-    pub run_dir: PathBuf,
-    pub dir: ScratchDir,
+/// Where the agent under test runs.
+enum Target {
+    Host,
+    Vm(VmTools),
 }
 
-/// Why a test cannot run here, printed and failing loudly rather than passing.
-pub fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "layer-3 agent tests create containers and must run as root"
-    );
+/// What the VM target needs, from the environment.
+struct VmTools {
+    husk: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    mkfs_ext4: PathBuf,
 }
 
-impl HostAgent {
-    pub fn start(name: &str) -> HostAgent {
-        require_root();
-        let dir = scratch_dir(&format!("agent-{name}")).expect("scratch dir");
-        let socket = dir.join("agent.sock");
-        let run_dir = dir.join("run");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-            .arg("--listen")
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting husk-agent");
-        // The socket file appears at bind(), a moment before listen(): retry refused
-        // connections until the agent listens.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = loop {
-            match AgentClient::connect(Arc::new(UnixConnector(socket.clone()))) {
-                Ok(client) => break client,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the agent never answered on {}: {e}", socket.display());
-                }
-            }
-        };
-        HostAgent {
-            child,
-            client,
-            socket,
-            run_dir,
-            dir,
+fn target() -> Target {
+    match std::env::var("HUSK_AGENT_SUITE").as_deref() {
+        Err(_) | Ok("host") => Target::Host,
+        Ok("vm") => {
+            let path = |name: &str| -> PathBuf {
+                std::env::var_os(name)
+                    .unwrap_or_else(|| panic!("HUSK_AGENT_SUITE=vm needs {name}"))
+                    .into()
+            };
+            Target::Vm(VmTools {
+                husk: path("HUSK"),
+                kernel: path("GUEST_KERNEL"),
+                initrd: path("GUEST_INITRD"),
+                mkfs_ext4: path("MKFS_EXT4"),
+            })
         }
+        Ok(other) => panic!("HUSK_AGENT_SUITE must be host or vm, not {other:?}"),
     }
 }
 
-impl Drop for HostAgent {
+/// Why a test cannot run here, failing loudly rather than passing.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the agent tests create containers (and VMs) and must run as root"
+    );
+}
+
+/// The agent under test with a connected client; the agent (or its VM) is killed on drop.
+pub struct TestAgent {
+    pub client: AgentClient,
+    /// Opens new connections to the agent, as the client does.
+    pub connector: Arc<dyn Connector>,
+    /// Where the agent keeps container directories, in its own mount namespace.
+    pub run_dir: PathBuf,
+    /// The agent's pid in the PID namespace of its machine (1 in a VM).
+    pub pid: u32,
+    /// True for the agent as PID 1 of a VM.
+    pub in_vm: bool,
+    rootfs: Rootfs,
+    /// The host agent or the VMM.
+    child: Child,
+    /// The VM's console log.
+    console: Option<PathBuf>,
+    pub dir: ScratchDir,
+}
+
+impl TestAgent {
+    pub fn start(name: &str) -> TestAgent {
+        require_root();
+        let dir = scratch_dir(&format!("agent-{name}")).expect("scratch dir");
+        match target() {
+            Target::Host => start_on_host(dir),
+            Target::Vm(tools) => start_in_vm(dir, &tools),
+        }
+    }
+
+    /// The container rootfs: a busybox tree with `/evil -> /etc` besides (writable in the
+    /// VM, where each agent has its own copy of the image; shared on the host, where only
+    /// the symlink test writes, and to a copy).
+    pub fn rootfs(&self) -> Rootfs {
+        self.rootfs.clone()
+    }
+
+    /// A rootfs whose `/evil` is a symlink to `/etc`, and that the test may write.
+    pub fn rootfs_with_evil_symlink(&self) -> Rootfs {
+        if self.in_vm {
+            return self.rootfs();
+        }
+        let copy = self.dir.join("evil-rootfs");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(busybox_rootfs().expect("the busybox rootfs"))
+            .arg(&copy)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying the busybox rootfs failed");
+        std::os::unix::fs::symlink("/etc", copy.join("evil")).expect("symlink");
+        Rootfs::Directory { path: copy }
+    }
+
+    /// Whether containers get cgroup v2 limits, stats and OOM events, and if not, why.
+    pub fn cgroups(&self) -> Result<(), String> {
+        match &self.client.info().cgroups_unavailable {
+            None => Ok(()),
+            Some(why) => Err(why.clone()),
+        }
+    }
+
+    /// What a probe container sees of the agent's machine.
+    pub fn look(&self, paths: &[&Path]) -> Look {
+        static PROBES: AtomicU32 = AtomicU32::new(0);
+        let id = format!("probe-{}", PROBES.fetch_add(1, Ordering::Relaxed));
+        // The probe prints, one per line: every process's command line, the agent's mount
+        // table and which of `paths` exist in the agent's root. Nothing it runs carries a
+        // test's search string on its command line, so it never finds itself.
+        let mut script = String::from(
+            "for p in /proc/[0-9]*; do echo \"process $(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\"; done; \
+             while read -r m; do echo \"mount $m\"; done < /proc/$AGENT/mountinfo; ",
+        );
+        for i in 0..paths.len() {
+            script.push_str(&format!(
+                "if [ -e \"/proc/$AGENT/root$P{i}\" ] || [ -L \"/proc/$AGENT/root$P{i}\" ]; then echo \"exists $P{i}\"; fi; "
+            ));
+        }
+        let mut value = json(&spec(&["sh", "-c", &script]));
+        let mut env = vec![format!("AGENT={}", self.pid), "PATH=/bin".to_owned()];
+        env.extend(
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("P{i}={}", p.display())),
+        );
+        value["process"]["env"] = serde_json::json!(env);
+        // The machine's PID namespace, and the right to look at the agent's /proc entries.
+        value["linux"]["namespaces"] = serde_json::json!(value["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter(|n| n["type"] != "pid")
+            .collect::<Vec<_>>());
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(caps) = value["process"]["capabilities"][set].as_array_mut() {
+                caps.push("CAP_SYS_PTRACE".into());
+            }
+        }
+        let out = run_value(self, &id, value, None);
+        assert_eq!(out.code(), 0, "the probe failed: {}", out.stderr());
+        let mut look = Look::default();
+        for line in out.stdout().lines() {
+            if let Some(p) = line.strip_prefix("process ") {
+                look.processes.push(p.to_owned());
+            } else if let Some(m) = line.strip_prefix("mount ") {
+                look.mounts.push(m.to_owned());
+            } else if let Some(e) = line.strip_prefix("exists ") {
+                look.existing.push(PathBuf::from(e));
+            }
+        }
+        assert!(
+            !look.processes.is_empty() && !look.mounts.is_empty(),
+            "the probe saw nothing: {}",
+            out.stdout()
+        );
+        look
+    }
+}
+
+/// The agent's machine as a probe container saw it.
+#[derive(Debug, Default)]
+pub struct Look {
+    /// Every process's command line, arguments joined by spaces.
+    pub processes: Vec<String>,
+    /// The agent's /proc/PID/mountinfo.
+    pub mounts: Vec<String>,
+    /// Those of the asked paths that exist in the agent's root.
+    pub existing: Vec<PathBuf>,
+}
+
+impl Look {
+    pub fn processes_with(&self, needle: &str) -> Vec<&String> {
+        self.processes
+            .iter()
+            .filter(|p| p.contains(needle))
+            .collect()
+    }
+    pub fn mounts_with(&self, needle: &str) -> Vec<&String> {
+        self.mounts.iter().filter(|m| m.contains(needle)).collect()
+    }
+}
+
+fn start_on_host(dir: ScratchDir) -> TestAgent {
+    let socket = dir.join("agent.sock");
+    let run_dir = dir.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting husk-agent");
+    // The socket file appears at bind(), a moment before listen(): retry refused
+    // connections until the agent listens.
+    let connector: Arc<dyn Connector> = Arc::new(UnixConnector(socket.clone()));
+    let client = connect(&connector, &mut child, Duration::from_secs(10), None);
+    TestAgent {
+        client,
+        connector,
+        run_dir,
+        pid: child.id(),
+        in_vm: false,
+        rootfs: Rootfs::Directory {
+            path: busybox_rootfs().expect("the busybox rootfs"),
+        },
+        child,
+        console: None,
+        dir,
+    }
+}
+
+fn start_in_vm(dir: ScratchDir, tools: &VmTools) -> TestAgent {
+    // A private, writable copy of the image for this VM.
+    let image = dir.join("rootfs.ext4");
+    std::fs::copy(vm_image(tools), &image).expect("copying the rootfs image");
+    let uds = dir.join("vsock.sock");
+    let console = dir.join("console.log");
+    // The VMM's own messages, shown with the console when a test fails.
+    let vmm_log = std::fs::File::create(dir.join("husk.log")).expect("creating husk.log");
+    let mut child = Command::new(&tools.husk)
+        .arg("vmm")
+        .arg("--kernel")
+        .arg(&tools.kernel)
+        .arg("--initrd")
+        .arg(&tools.initrd)
+        .args(["--vcpus", "1", "--mem-mib", "256"])
+        .arg(format!("--console=file={}", console.display()))
+        .arg(format!("--drive=path={},id=rootfs", image.display()))
+        .arg(format!("--vsock=cid=3,uds={}", uds.display()))
+        .stdin(Stdio::null())
+        .stderr(vmm_log)
+        .spawn()
+        .expect("starting husk vmm");
+    let connector: Arc<dyn Connector> = Arc::new(HybridVsockConnector {
+        uds_path: uds,
+        port: AGENT_VSOCK_PORT,
+        timeout: Duration::from_secs(30),
+    });
+    // A guest boot takes seconds in the nested lab; give it ample time.
+    let client = connect(
+        &connector,
+        &mut child,
+        Duration::from_secs(180),
+        Some(&console),
+    );
+    TestAgent {
+        client,
+        connector,
+        run_dir: PathBuf::from("/run/husk"),
+        pid: 1,
+        in_vm: true,
+        rootfs: Rootfs::BlockDevice {
+            serial: "rootfs".into(),
+            fs_type: "ext4".into(),
+        },
+        child,
+        console: Some(console),
+        dir,
+    }
+}
+
+/// Connects to the agent, retrying until it listens; fails if its process ends first.
+fn connect(
+    connector: &Arc<dyn Connector>,
+    child: &mut Child,
+    patience: Duration,
+    console: Option<&Path>,
+) -> AgentClient {
+    let deadline = Instant::now() + patience;
+    loop {
+        let error = match AgentClient::connect(connector.clone()) {
+            Ok(client) => return client,
+            Err(e) => e,
+        };
+        let ended = child.try_wait().ok().flatten();
+        if ended.is_some() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let console = console.map(read_console).unwrap_or_default();
+            panic!(
+                "the agent never answered ({}): {error}{console}",
+                match ended {
+                    Some(status) => format!("its process ended with {status}"),
+                    None => format!("still nothing after {patience:?}"),
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The guest's console log and, from the same directory, husk's own messages.
+fn read_console(path: &Path) -> String {
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    format!(
+        "\n--- the guest's console ---\n{}--- husk's messages ---\n{}--- end ---",
+        read(path),
+        read(&path.with_file_name("husk.log"))
+    )
+}
+
+/// The busybox rootfs with `/evil -> /etc`, as an ext4 image: built once per test process.
+fn vm_image(tools: &VmTools) -> PathBuf {
+    // The directory lives as long as the process (statics are never dropped).
+    static IMAGE_DIR: OnceLock<ScratchDir> = OnceLock::new();
+    let dir = IMAGE_DIR.get_or_init(|| {
+        let dir = scratch_dir("agent-vm-image").expect("scratch dir");
+        let tree = dir.join("tree");
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(busybox_rootfs().expect("the busybox rootfs"))
+            .arg(&tree)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "copying the busybox rootfs failed");
+        std::os::unix::fs::symlink("/etc", tree.join("evil")).expect("symlink");
+        let image = dir.join("rootfs.ext4");
+        let file = std::fs::File::create(&image).expect("creating the image");
+        file.set_len(32 << 20).expect("sizing the image");
+        let status = Command::new(&tools.mkfs_ext4)
+            .args(["-q", "-F", "-d"])
+            .arg(&tree)
+            .arg(&image)
+            .status()
+            .expect("running mkfs.ext4");
+        assert!(status.success(), "mkfs.ext4 -d failed");
+        dir
+    });
+    dir.join("rootfs.ext4")
+}
+
+impl Drop for TestAgent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            if let Some(console) = &self.console {
+                eprintln!("{}", read_console(console));
+            }
+        }
     }
 }
 
@@ -101,12 +395,6 @@ pub fn spec(args: &[&str]) -> Spec {
 /// A spec as the protocol carries it.
 pub fn json(spec: &Spec) -> serde_json::Value {
     serde_json::to_value(spec).expect("a spec encodes as JSON")
-}
-
-pub fn rootfs() -> Rootfs {
-    Rootfs::Directory {
-        path: busybox_rootfs().expect("the busybox rootfs"),
-    }
 }
 
 /// What a container run produced.
@@ -139,7 +427,17 @@ pub fn collect(mut conn: Connection) -> JoinHandle<Vec<u8>> {
 
 /// Creates, starts and waits for a container; `stdin` is written and closed. Removes
 /// the container afterwards.
-pub fn run(agent: &HostAgent, id: &str, spec: Spec, stdin: Option<&[u8]>) -> Output {
+pub fn run(agent: &TestAgent, id: &str, spec: Spec, stdin: Option<&[u8]>) -> Output {
+    run_value(agent, id, json(&spec), stdin)
+}
+
+/// `run` with the spec as JSON.
+pub fn run_value(
+    agent: &TestAgent,
+    id: &str,
+    spec: serde_json::Value,
+    stdin: Option<&[u8]>,
+) -> Output {
     let client = &agent.client;
     let stdio = StdioConfig {
         stdin: stdin.is_some(),
@@ -165,8 +463,8 @@ pub fn run(agent: &HostAgent, id: &str, spec: Spec, stdin: Option<&[u8]>) -> Out
     client
         .create_container(CreateContainer {
             container_id: id.into(),
-            spec: json(&spec),
-            rootfs: rootfs(),
+            spec,
+            rootfs: agent.rootfs(),
             stdio,
         })
         .expect("create");
@@ -189,44 +487,4 @@ pub fn run(agent: &HostAgent, id: &str, spec: Spec, stdin: Option<&[u8]>) -> Out
     };
     client.remove_container(id, false).expect("remove");
     output
-}
-
-pub fn exited_with(code: i32) -> ExitStatus {
-    ExitStatus::Code(code)
-}
-
-/// Every line of /proc/self/mountinfo that mentions `needle`.
-pub fn host_mounts_with(needle: &str) -> Vec<String> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Pids of processes whose command line contains `needle`.
-pub fn processes_with(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(needle)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-pub fn path_exists(path: &Path) -> bool {
-    path.symlink_metadata().is_ok()
-}
-
-pub fn process_builder() -> ProcessBuilder {
-    ProcessBuilder::default()
 }
