@@ -26,6 +26,7 @@ mod console;
 mod container;
 mod error;
 mod events;
+mod isolate;
 mod mounts;
 mod ready;
 mod reaper;
@@ -49,7 +50,7 @@ const EXIT_AFTER_READY: &str = "husk.exit_after_ready";
 const GUEST_RUN_DIR: &str = "/run/husk";
 
 const USAGE: &str = "usage: husk-agent                       (as PID 1 in a husk VM)
-       husk-agent --listen unix:PATH [--run-dir DIR]   (on the host, as root)
+       husk-agent --listen unix:PATH [--run-dir DIR] [--isolate]   (on the host, as root)
        husk-agent container-run BUNDLE     (run one bundle's config.json in the foreground)";
 
 fn main() {
@@ -74,7 +75,8 @@ fn main() {
 
     // SAFETY: getpid() has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() };
-    if pid == 1 {
+    // PID 1 of a VM, not of the PID namespace of an isolated host agent (`--listen`).
+    if pid == 1 && !args.iter().any(|a| a == "--listen") {
         // The kernel hands init the words of its command line that it does not know
         // (`nomodule`, say): PID 1 must not exit over them, it would panic the guest.
         if !args.is_empty() {
@@ -83,7 +85,8 @@ fn main() {
         run_as_init();
     }
     match parse_host_args(&args) {
-        Ok((address, run_dir)) => run_on_host(&address, run_dir),
+        Ok(host) if host.isolate => isolate::run_isolated(&args),
+        Ok(host) => run_on_host(&host.address, host.run_dir),
         Err(message) => {
             console::error(&message);
             eprintln!("{USAGE}");
@@ -92,23 +95,40 @@ fn main() {
     }
 }
 
-fn parse_host_args(args: &[String]) -> Result<(ListenAddress, PathBuf), String> {
+/// How the agent runs on the host.
+struct HostArgs {
+    address: ListenAddress,
+    run_dir: PathBuf,
+    /// Serve from PID 1 of new PID and mount namespaces (see `isolate`).
+    isolate: bool,
+}
+
+fn parse_host_args(args: &[String]) -> Result<HostArgs, String> {
     let mut address = None;
     let mut run_dir = PathBuf::from("/run/husk-agent");
+    let mut isolate = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "--listen" => address = Some(value()?.parse::<ListenAddress>()?),
             "--run-dir" => run_dir = PathBuf::from(value()?),
+            "--isolate" => isolate = true,
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
     let address = address.ok_or("--listen is required when not running as PID 1")?;
-    Ok((address, run_dir))
+    Ok(HostArgs {
+        address,
+        run_dir,
+        isolate,
+    })
 }
 
 fn run_on_host(address: &ListenAddress, run_dir: PathBuf) -> ! {
+    if rustix::process::getpid().is_init() {
+        isolate::enter_as_inner();
+    }
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         log::warn!("cannot become a child subreaper: {e}; container exits may be missed");
     }

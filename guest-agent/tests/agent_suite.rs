@@ -290,6 +290,66 @@ fn remove_leaves_no_process_or_mount() {
     }
 }
 
+#[test]
+fn killing_the_agent_leaves_nothing_running() {
+    let mut agent = TestAgent::start("kill9");
+    let client = &agent.client;
+    client
+        .create_container(CreateContainer {
+            container_id: "orphan".into(),
+            spec: json(&spec(&["sleep", "4321"])),
+            rootfs: agent.rootfs(),
+            stdio: StdioConfig::default(),
+        })
+        .expect("create");
+    client.start_container("orphan").expect("start");
+    assert!(!agent.look(&[]).processes_with("sleep 4321").is_empty());
+    // SIGKILL to the process that was started: the host agent's outer process, or the VMM.
+    agent.child.kill().expect("kill -9");
+    let _ = agent.child.wait();
+    if agent.in_vm {
+        // The VM is gone with husk: nothing answers on its vsock socket any more.
+        assert!(agent.connector.connect().is_err(), "the VM outlived husk");
+        return;
+    }
+    // On the host: the PID namespace died with its PID 1, and its mounts with it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !host_processes_with("sleep 4321").is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        host_processes_with("sleep 4321").is_empty(),
+        "a container process outlived the agent"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let run_dir = agent.run_dir.display().to_string();
+    assert!(
+        !mounts.contains(&run_dir),
+        "a container mount reached the host"
+    );
+}
+
+/// Command lines of the host's processes (this test's PID namespace) containing `needle`.
+fn host_processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
 /// A spec running `args` with `resources` (a spec's linux.resources, as JSON).
 fn limited(args: &[&str], resources: serde_json::Value) -> serde_json::Value {
     let mut value = json(&spec(args));

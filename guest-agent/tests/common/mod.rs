@@ -1,8 +1,9 @@
 //! Support for the agent suite (`agent_suite.rs`): one agent per test, on one of two
 //! targets, driven by the runtime's typed client with busybox containers.
 //!
-//! - Layer 3 (the default): the agent as a host process (`husk-agent --listen unix:…`,
-//!   root), containers on a busybox rootfs directory.
+//! - Layer 3 (the default): the agent as a host process, as the runtime's host backend
+//!   runs it (`husk-agent --listen unix:… --isolate`, root: PID 1 of its own PID and mount
+//!   namespaces), containers on a busybox rootfs directory.
 //! - Layer 5 (`HUSK_AGENT_SUITE=vm`, set by the lab's `agent` scenario): the agent as PID 1
 //!   of a `husk vmm` guest, reached over hybrid vsock (port 1024), containers on an ext4
 //!   image of the same rootfs on a virtio-blk drive. It needs `HUSK` (the husk binary),
@@ -85,8 +86,8 @@ pub struct TestAgent {
     /// True for the agent as PID 1 of a VM.
     pub in_vm: bool,
     rootfs: Rootfs,
-    /// The host agent or the VMM.
-    child: Child,
+    /// The host agent (the outer one of --isolate) or the VMM.
+    pub child: Child,
     /// The VM's console log.
     console: Option<PathBuf>,
     pub dir: ScratchDir,
@@ -223,6 +224,7 @@ fn start_on_host(dir: ScratchDir) -> TestAgent {
         .arg(format!("unix:{}", socket.display()))
         .arg("--run-dir")
         .arg(&run_dir)
+        .arg("--isolate")
         .stdin(Stdio::null())
         .spawn()
         .expect("starting husk-agent");
@@ -234,7 +236,8 @@ fn start_on_host(dir: ScratchDir) -> TestAgent {
         client,
         connector,
         run_dir,
-        pid: child.id(),
+        // PID 1 of its own PID namespace (--isolate), where its containers' are.
+        pid: 1,
         in_vm: false,
         rootfs: Rootfs::Directory {
             path: busybox_rootfs().expect("the busybox rootfs"),
