@@ -4,4 +4,5 @@
 pub mod agent;
 pub mod cli;
 pub mod guest;
+pub mod hypervisor;
 mod logger;
