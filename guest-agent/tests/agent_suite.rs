@@ -19,6 +19,7 @@ use husk_protocol::{
     HelloReply, StdioConfig, StreamKind,
 };
 use husk_runtime::agent::ClientError;
+use husk_tests::process::processes_with;
 
 fn agent_error(result: Result<impl std::fmt::Debug, ClientError>) -> husk_protocol::AgentError {
     match result {
@@ -314,11 +315,11 @@ fn killing_the_agent_leaves_nothing_running() {
     }
     // On the host: the PID namespace died with its PID 1, and its mounts with it.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !host_processes_with("sleep 4321").is_empty() && std::time::Instant::now() < deadline {
+    while !processes_with("sleep 4321").is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        host_processes_with("sleep 4321").is_empty(),
+        processes_with("sleep 4321").is_empty(),
         "a container process outlived the agent"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -327,27 +328,6 @@ fn killing_the_agent_leaves_nothing_running() {
         !mounts.contains(&run_dir),
         "a container mount reached the host"
     );
-}
-
-/// Command lines of the host's processes (this test's PID namespace) containing `needle`.
-fn host_processes_with(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) {
-            found.push(cmdline);
-        }
-    }
-    found
 }
 
 /// A spec running `args` with `resources` (a spec's linux.resources, as JSON).

@@ -6,22 +6,9 @@ use husk_protocol::{CreateContainer, Rootfs, StdioConfig};
 use husk_runtime::agent::AgentClient;
 use husk_runtime::hypervisor::host::{default_agent, HostBackend, HostConfig};
 use husk_runtime::hypervisor::{Hypervisor, HypervisorError, Kind};
+use husk_tests::process::processes_with;
 use husk_tests::rootfs::busybox_rootfs;
 use husk_tests::scratch_dir;
-
-fn host_processes_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .contains(needle)
-        })
-        .count()
-}
 
 #[test]
 fn a_sandbox_runs_a_container_and_stop_leaves_nothing() {
@@ -57,18 +44,18 @@ fn a_sandbox_runs_a_container_and_stop_leaves_nothing() {
         })
         .expect("create");
     client.start_container("c").expect("start");
-    assert_eq!(host_processes_with("sleep 7531"), 1);
+    assert_eq!(processes_with("sleep 7531").len(), 1);
     sandbox.stop().expect("stop");
     sandbox.stop().expect("a second stop is harmless");
     assert!(sandbox.pids().is_empty());
     // The namespace's processes are killed by the kernel as its PID 1 dies: give it a
     // moment.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while host_processes_with("sleep 7531") > 0 && std::time::Instant::now() < deadline {
+    while !processes_with("sleep 7531").is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(
-        host_processes_with("sleep 7531"),
+        processes_with("sleep 7531").len(),
         0,
         "a container outlived its sandbox"
     );
