@@ -20,11 +20,7 @@ pub fn busybox_rootfs() -> Result<PathBuf, Error> {
     // through the rename below.
     static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    let busybox = std::fs::read(BUSYBOX).map_err(|e| {
-        Error(format!(
-            "{BUSYBOX}: {e} (install Debian's busybox-static: apt-get install busybox-static)"
-        ))
-    })?;
+    let busybox = read_busybox()?;
     let mut hasher = DefaultHasher::new();
     busybox.hash(&mut hasher);
     let dir = build_dirs()?
@@ -50,6 +46,20 @@ pub fn busybox_rootfs() -> Result<PathBuf, Error> {
         return Err(Error(format!("{} was not built", dir.display())));
     }
     Ok(dir.join("rootfs"))
+}
+
+/// Builds the same tree at `root`, a directory of the caller's own (to write to, or to
+/// add files to).
+pub fn build_busybox_tree(root: &Path) -> Result<(), Error> {
+    build(root, &read_busybox()?)
+}
+
+fn read_busybox() -> Result<Vec<u8>, Error> {
+    std::fs::read(BUSYBOX).map_err(|e| {
+        Error(format!(
+            "{BUSYBOX}: {e} (install Debian's busybox-static: apt-get install busybox-static)"
+        ))
+    })
 }
 
 fn build(root: &Path, busybox: &[u8]) -> Result<(), Error> {

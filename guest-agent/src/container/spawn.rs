@@ -806,11 +806,7 @@ mod tests {
     use super::*;
     use std::sync::Once;
 
-    const BUSYBOX: &str = "/bin/busybox";
-    const APPLETS: &[&str] = &[
-        "sh", "echo", "cat", "id", "hostname", "ls", "touch", "sleep", "grep", "test", "readlink",
-        "head", "mkdir", "stat", "wc", "env", "pwd", "true", "false", "tr",
-    ];
+    use husk_tests::rootfs::{build_busybox_tree, BUSYBOX};
 
     fn can_run(test: &str) -> bool {
         // Not a skip: a test that cannot run here fails and says why.
@@ -830,7 +826,8 @@ mod tests {
         true
     }
 
-    /// A bundle directory with a busybox rootfs; removed on drop.
+    /// A bundle directory with a writable busybox rootfs (the tests' shared one, plus
+    /// files these tests need); removed on drop.
     struct Bundle {
         dir: PathBuf,
         rootfs: PathBuf,
@@ -841,30 +838,10 @@ mod tests {
             let dir = std::env::temp_dir().join(format!("husk-spawn-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let rootfs = dir.join("rootfs");
-            for sub in [
-                "bin",
-                "etc",
-                "proc",
-                "sys",
-                "dev",
-                "tmp",
-                "mnt",
-                "root",
-                "home/user",
-                "secret-dir",
-                "rodir",
-            ] {
+            build_busybox_tree(&rootfs).map_err(|e| io::Error::other(e.0))?;
+            for sub in ["mnt", "secret-dir", "rodir"] {
                 std::fs::create_dir_all(rootfs.join(sub))?;
             }
-            std::fs::copy(BUSYBOX, rootfs.join("bin/busybox"))?;
-            for applet in APPLETS {
-                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-            }
-            std::fs::write(
-                rootfs.join("etc/passwd"),
-                "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
-            )?;
-            std::fs::write(rootfs.join("etc/root-only"), "root's\n")?;
             std::fs::write(rootfs.join("secret-file"), "secret\n")?;
             std::fs::write(rootfs.join("secret-dir/inner"), "inner\n")?;
             std::fs::write(rootfs.join("etc/not-exec"), "data\n")?;

@@ -28,7 +28,7 @@ use husk_protocol::{
     StreamKind, UnixConnector, AGENT_VSOCK_PORT,
 };
 use husk_runtime::agent::AgentClient;
-use husk_tests::rootfs::busybox_rootfs;
+use husk_tests::rootfs::{build_busybox_tree, busybox_rootfs};
 use husk_tests::{scratch_dir, ScratchDir};
 use oci_spec::runtime::Spec;
 
@@ -103,9 +103,9 @@ impl TestAgent {
         }
     }
 
-    /// The container rootfs: a busybox tree with `/evil -> /etc` besides (writable in the
-    /// VM, where each agent has its own copy of the image; shared on the host, where only
-    /// the symlink test writes, and to a copy).
+    /// The container rootfs: the busybox tree; on the host the tests' shared directory,
+    /// in the VM this agent's own writable copy of an ext4 image of it (which also holds
+    /// the `/evil -> /etc` of `rootfs_with_evil_symlink`).
     pub fn rootfs(&self) -> Rootfs {
         self.rootfs.clone()
     }
@@ -115,16 +115,9 @@ impl TestAgent {
         if self.in_vm {
             return self.rootfs();
         }
-        let copy = self.dir.join("evil-rootfs");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(busybox_rootfs().expect("the busybox rootfs"))
-            .arg(&copy)
-            .status()
-            .expect("cp");
-        assert!(status.success(), "copying the busybox rootfs failed");
-        std::os::unix::fs::symlink("/etc", copy.join("evil")).expect("symlink");
-        Rootfs::Directory { path: copy }
+        let path = self.dir.join("evil-rootfs");
+        build_evil_tree(&path);
+        Rootfs::Directory { path }
     }
 
     /// Whether containers get cgroup v2 limits, stats and OOM events, and if not, why.
@@ -338,6 +331,12 @@ fn read_console(path: &Path) -> String {
     )
 }
 
+/// The busybox rootfs with `/evil -> /etc` besides, at `root`.
+fn build_evil_tree(root: &Path) {
+    build_busybox_tree(root).expect("the busybox rootfs");
+    std::os::unix::fs::symlink("/etc", root.join("evil")).expect("symlink");
+}
+
 /// The busybox rootfs with `/evil -> /etc`, as an ext4 image: built once per test process.
 fn vm_image(tools: &VmTools) -> PathBuf {
     // The directory lives as long as the process (statics are never dropped).
@@ -345,14 +344,7 @@ fn vm_image(tools: &VmTools) -> PathBuf {
     let dir = IMAGE_DIR.get_or_init(|| {
         let dir = scratch_dir("agent-vm-image").expect("scratch dir");
         let tree = dir.join("tree");
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(busybox_rootfs().expect("the busybox rootfs"))
-            .arg(&tree)
-            .status()
-            .expect("cp");
-        assert!(status.success(), "copying the busybox rootfs failed");
-        std::os::unix::fs::symlink("/etc", tree.join("evil")).expect("symlink");
+        build_evil_tree(&tree);
         let image = dir.join("rootfs.ext4");
         let file = std::fs::File::create(&image).expect("creating the image");
         file.set_len(32 << 20).expect("sizing the image");
