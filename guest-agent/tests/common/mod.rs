@@ -1,9 +1,9 @@
 //! Support for the agent suite (`agent_suite.rs`): one agent per test, on one of two
 //! targets, driven by the runtime's typed client with busybox containers.
 //!
-//! - Layer 3 (the default): the agent as a host process, as the runtime's host backend
-//!   runs it (`husk-agent --listen unix:… --isolate`, root: PID 1 of its own PID and mount
-//!   namespaces), containers on a busybox rootfs directory.
+//! - Layer 3 (the default): the agent as a host process, started by the runtime's host
+//!   backend (`husk-agent --listen unix:… --isolate`, root: PID 1 of its own PID and
+//!   mount namespaces), containers on a busybox rootfs directory.
 //! - Layer 5 (`HUSK_AGENT_SUITE=vm`, set by the lab's `agent` scenario): the agent as PID 1
 //!   of a `husk vmm` guest, reached over hybrid vsock (port 1024), containers on an ext4
 //!   image of the same rootfs on a virtio-blk drive. It needs `HUSK` (the husk binary),
@@ -21,13 +21,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use husk_protocol::{
     Connection, Connector, CreateContainer, ExitInfo, HybridVsockConnector, Rootfs, StdioConfig,
-    StreamKind, UnixConnector, AGENT_VSOCK_PORT,
+    StreamKind, AGENT_VSOCK_PORT,
 };
 use husk_runtime::agent::AgentClient;
+use husk_runtime::hypervisor::host::{HostBackend, HostConfig};
+use husk_runtime::hypervisor::{connect_agent, Hypervisor};
 use husk_tests::rootfs::{build_busybox_tree, busybox_rootfs};
 use husk_tests::{scratch_dir, ScratchDir};
 use oci_spec::runtime::Spec;
@@ -86,11 +88,17 @@ pub struct TestAgent {
     /// True for the agent as PID 1 of a VM.
     pub in_vm: bool,
     rootfs: Rootfs,
-    /// The host agent (the outer one of --isolate) or the VMM.
-    pub child: Child,
-    /// The VM's console log.
-    console: Option<PathBuf>,
+    sandbox: Sandbox,
     pub dir: ScratchDir,
+}
+
+/// What runs the agent.
+enum Sandbox {
+    /// The runtime's host backend: the agent as PID 1 of its own namespaces
+    /// (`husk-agent --isolate`), its log in `<dir>/agent.log`.
+    Host(HostBackend),
+    /// `husk vmm`, its console in `console` and its own messages beside it in `husk.log`.
+    Vm { vmm: Child, console: PathBuf },
 }
 
 impl TestAgent {
@@ -210,33 +218,30 @@ impl Look {
 }
 
 fn start_on_host(dir: ScratchDir) -> TestAgent {
-    let socket = dir.join("agent.sock");
-    let run_dir = dir.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .arg("--isolate")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting husk-agent");
-    // The socket file appears at bind(), a moment before listen(): retry refused
-    // connections until the agent listens.
-    let connector: Arc<dyn Connector> = Arc::new(UnixConnector(socket.clone()));
-    let client = connect(&connector, &mut child, Duration::from_secs(10), None);
+    let sandbox_dir = dir.join("sandbox");
+    let mut backend = HostBackend::new(HostConfig {
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_husk-agent")),
+        dir: sandbox_dir.clone(),
+    });
+    if let Err(e) = backend.start() {
+        panic!(
+            "the host agent did not start: {e}{}",
+            read_logs(&[sandbox_dir.join("agent.log")])
+        );
+    }
+    let connector = backend.agent_connector().expect("the agent's connector");
+    let client = AgentClient::connect(connector.clone()).expect("a client of the agent");
     TestAgent {
         client,
         connector,
-        run_dir,
+        run_dir: sandbox_dir.join("run"),
         // PID 1 of its own PID namespace (--isolate), where its containers' are.
         pid: 1,
         in_vm: false,
         rootfs: Rootfs::Directory {
             path: busybox_rootfs().expect("the busybox rootfs"),
         },
-        child,
-        console: None,
+        sandbox: Sandbox::Host(backend),
         dir,
     }
 }
@@ -269,12 +274,21 @@ fn start_in_vm(dir: ScratchDir, tools: &VmTools) -> TestAgent {
         timeout: Duration::from_secs(30),
     });
     // A guest boot takes seconds in the nested lab; give it ample time.
-    let client = connect(
-        &connector,
-        &mut child,
-        Duration::from_secs(180),
-        Some(&console),
-    );
+    let answered = connect_agent(connector.clone(), Duration::from_secs(180), || {
+        let status = child.try_wait().ok().flatten()?;
+        Some(format!("husk exited with {status}"))
+    });
+    let client = match answered {
+        Ok(client) => client,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the agent in the VM never answered: {e}{}",
+                read_logs(&vm_logs(&console))
+            );
+        }
+    };
     TestAgent {
         client,
         connector,
@@ -285,50 +299,27 @@ fn start_in_vm(dir: ScratchDir, tools: &VmTools) -> TestAgent {
             serial: "rootfs".into(),
             fs_type: "ext4".into(),
         },
-        child,
-        console: Some(console),
+        sandbox: Sandbox::Vm {
+            vmm: child,
+            console,
+        },
         dir,
     }
 }
 
-/// Connects to the agent, retrying until it listens; fails if its process ends first.
-fn connect(
-    connector: &Arc<dyn Connector>,
-    child: &mut Child,
-    patience: Duration,
-    console: Option<&Path>,
-) -> AgentClient {
-    let deadline = Instant::now() + patience;
-    loop {
-        let error = match AgentClient::connect(connector.clone()) {
-            Ok(client) => return client,
-            Err(e) => e,
-        };
-        let ended = child.try_wait().ok().flatten();
-        if ended.is_some() || Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let console = console.map(read_console).unwrap_or_default();
-            panic!(
-                "the agent never answered ({}): {error}{console}",
-                match ended {
-                    Some(status) => format!("its process ended with {status}"),
-                    None => format!("still nothing after {patience:?}"),
-                }
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// A VM's console log and husk's own messages beside it.
+fn vm_logs(console: &Path) -> [PathBuf; 2] {
+    [console.to_path_buf(), console.with_file_name("husk.log")]
 }
 
-/// The guest's console log and, from the same directory, husk's own messages.
-fn read_console(path: &Path) -> String {
-    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
-    format!(
-        "\n--- the guest's console ---\n{}--- husk's messages ---\n{}--- end ---",
-        read(path),
-        read(&path.with_file_name("husk.log"))
-    )
+/// The logs, each under a heading, for a failure message.
+fn read_logs(paths: &[PathBuf]) -> String {
+    let mut text = String::new();
+    for path in paths {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        text.push_str(&format!("\n--- {} ---\n{log}", path.display()));
+    }
+    text + "--- end ---"
 }
 
 /// The busybox rootfs with `/evil -> /etc` besides, at `root`.
@@ -360,14 +351,30 @@ fn vm_image(tools: &VmTools) -> PathBuf {
     dir.join("rootfs.ext4")
 }
 
+impl TestAgent {
+    /// SIGKILL to what runs the agent: the host agent's outer process, or the VMM.
+    pub fn kill(&mut self) {
+        match &mut self.sandbox {
+            Sandbox::Host(backend) => {
+                let _ = backend.stop();
+            }
+            Sandbox::Vm { vmm, .. } => {
+                let _ = vmm.kill();
+                let _ = vmm.wait();
+            }
+        }
+    }
+}
+
 impl Drop for TestAgent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         if std::thread::panicking() {
-            if let Some(console) = &self.console {
-                eprintln!("{}", read_console(console));
-            }
+            let logs = match &self.sandbox {
+                Sandbox::Host(_) => vec![self.dir.join("sandbox/agent.log")],
+                Sandbox::Vm { console, .. } => vm_logs(console).to_vec(),
+            };
+            eprintln!("{}", read_logs(&logs));
         }
     }
 }

@@ -69,7 +69,7 @@ pub trait Hypervisor: Send {
 
 /// Connects to the agent, retrying until it serves, until `patience` runs out or
 /// `ended` reports that the sandbox is gone.
-pub(crate) fn connect_agent(
+pub fn connect_agent(
     connector: Arc<dyn Connector>,
     patience: Duration,
     mut ended: impl FnMut() -> Option<String>,
