@@ -13,15 +13,12 @@
 set -u
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HUSK_LAB_LIB"
-need_gnu_tools
+begin
 need_file "$AGENT_SUITE" "the agent suite's test binary"
 need_file "$HUSK" "the husk binary"
 need_file "$GUEST_KERNEL" "the guest kernel"
 need_file "$GUEST_INITRD" "the guest initramfs"
 need_file "$MKFS_EXT4" "mkfs.ext4"
-
-SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
 
 echo "== the agent suite in husk VMs ($(basename "$AGENT_SUITE"), ${SUITE_THREADS:-1} test(s) at once)"
 {

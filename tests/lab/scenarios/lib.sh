@@ -50,6 +50,14 @@ need_gnu_tools() {
     [ $? -eq 124 ] || die "timeout does not exit 124 on timeout (GNU coreutils' timeout is needed)"
 }
 
+# begin: what every scenario does first: a scratch directory in $SCRATCH, removed when the
+# scenario exits, and the GNU tools checked.
+begin() {
+    SCRATCH=$(mktemp -d)
+    trap 'rm -rf "$SCRATCH"' EXIT
+    need_gnu_tools
+}
+
 now_ns() {
     "$GNU_DATE" +%s%N
 }

@@ -10,8 +10,7 @@
 set -u
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HUSK_LAB_LIB"
-SCRATCH=$(mktemp -d)
-need_gnu_tools
+begin
 need_file "$GUEST_KERNEL" "the guest kernel"
 need_file "$GUEST_INITRD" "the guest initramfs"
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}

@@ -37,9 +37,7 @@
 set -u
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HUSK_LAB_LIB"
-SCRATCH=$(mktemp -d)
-trap 'rm -rf "$SCRATCH"' EXIT
-need_gnu_tools
+begin
 need_file "$HUSK" "the husk binary"
 need_file "$GUEST_KERNEL" "the guest kernel"
 need_file "$DEVTEST_INITRD" "the device-test initramfs"
