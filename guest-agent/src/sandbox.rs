@@ -643,13 +643,7 @@ impl Sandbox {
 
 /// Container and exec ids name directories and cgroups: keep them plain.
 fn check_id(id: &str) -> Result<(), AgentError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !id.starts_with('.');
-    if ok {
+    if system::is_plain_name(id) && id.len() <= 128 {
         Ok(())
     } else {
         Err(err(

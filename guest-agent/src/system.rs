@@ -74,6 +74,16 @@ pub fn find_drive(serial: &str) -> Result<PathBuf, String> {
     Err(format!("no drive with serial '{serial}'"))
 }
 
+/// Whether `name` can name a directory of the agent's own: letters, digits, '-', '_' and
+/// '.', not empty and not starting with '.' (so never `.`, `..` or a path).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// The drives that hold container root file systems. Each is mounted once, under
 /// `<dir>/<serial>`, and shared by the containers on it: the kernel refuses a second mount
 /// of a device with another read-only flag, so containers with a read-only and a writable
@@ -96,12 +106,7 @@ impl Drives {
 
     /// Mounts the drive with serial `serial` unless it is mounted; returns where.
     pub fn acquire(&self, serial: &str, fs_type: &str) -> Result<PathBuf, String> {
-        let plain = !serial.is_empty()
-            && !serial.starts_with('.')
-            && serial
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !plain {
+        if !is_plain_name(serial) {
             return Err(format!(
                 "'{serial}' is not a drive serial: letters, digits, '-', '_' or '.'"
             ));
