@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
+need_rust
 
 step "packages"
 apt_install build-essential qemu-system-x86 busybox-static cpio e2fsprogs
