@@ -128,6 +128,7 @@ fn measure(runs: usize, rootfs: &Path, dir: &Path, client: &AgentClient) -> Resu
                     .map_err(|e| e.to_string())?,
                 rootfs: Rootfs::Directory {
                     path: rootfs.to_path_buf(),
+                    overlay: false,
                 },
                 stdio: StdioConfig {
                     stdout: true,
@@ -167,6 +168,7 @@ fn measure(runs: usize, rootfs: &Path, dir: &Path, client: &AgentClient) -> Resu
                 .map_err(|e| e.to_string())?,
             rootfs: Rootfs::Directory {
                 path: rootfs.to_path_buf(),
+                overlay: false,
             },
             stdio: StdioConfig::default(),
         })

@@ -2,7 +2,7 @@
 //! them. Every call returns a [`Reply`] or an [`AgentError`]; nothing here panics.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use husk_protocol::{
 
 use crate::container;
 use crate::container::cgroups::{self, Cgroup};
+use crate::container::overlay::Overlay;
 use crate::container::spawn::{self, SpawnKind, SpawnPlan, Spawned};
 use crate::events::{bus, EventBus};
 use crate::reaper::reaper;
@@ -76,11 +77,21 @@ struct Container {
     state: Mutex<State>,
     init: Arc<Proc>,
     execs: Mutex<HashMap<String, Arc<Proc>>>,
-    cgroup: Option<Cgroup>,
-    /// The container's directory under the run directory.
-    dir: PathBuf,
-    /// The serial of the drive its rootfs is on, released on removal.
+    held: Held,
+}
+
+/// What a container holds besides its processes, taken one by one as it is created and
+/// given back by [`Sandbox::release`], the one teardown path, whether the create failed
+/// half way or the container was removed.
+struct Held {
+    /// The container's directory under the run directory (its overlay's upper layer is
+    /// in it), once this container has made it.
+    dir: Option<PathBuf>,
+    /// The serial of the drive its rootfs is on.
     drive: Option<String>,
+    /// Its overlay over the drive or directory, if its rootfs asked for one.
+    overlay: Option<Overlay>,
+    cgroup: Option<Cgroup>,
 }
 
 pub struct Sandbox {
@@ -119,7 +130,9 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(std::collections::HashSet::new()),
             streams: PendingStreams::default(),
-            drives: system::Drives::new(run_dir.join("drives")),
+            // A name no container id can take (ids never start with '.'): a container
+            // directory must never be the one the drives are mounted in.
+            drives: system::Drives::new(run_dir.join(".drives")),
             run_dir,
             cgroup_root,
             in_vm,
@@ -247,32 +260,62 @@ impl Sandbox {
                 ));
             }
         }
-        let dir = self.run_dir.join(&id);
-        let result = std::fs::create_dir_all(&dir)
-            .map_err(|e| {
-                err(
-                    ErrorKind::Failed,
-                    format!("creating {}: {e}", dir.display()),
-                )
-            })
-            .and_then(|()| self.create_in(&id, spec, rootfs, stdio_config, dir.clone()));
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        let mut held = Held {
+            dir: None,
+            drive: None,
+            overlay: None,
+            cgroup: None,
+        };
+        let result = match self.create_in(&id, &spec, rootfs, stdio_config, &mut held) {
+            Ok((spawned, io)) => {
+                let pid = spawned.pid;
+                let init = self.watch(&id, None, pid, io);
+                let container = Arc::new(Container {
+                    id: id.clone(),
+                    spec,
+                    state: Mutex::new(State::Created(spawned)),
+                    init,
+                    execs: Mutex::new(HashMap::new()),
+                    held,
+                });
+                lock(&self.containers).insert(id.clone(), container);
+                Ok(Reply::Process { pid })
+            }
+            Err(e) => {
+                self.release(&id, &held);
+                Err(e)
+            }
+        };
         lock(&self.creating).remove(&id);
         result
     }
 
+    /// Creates the container's process, stopped before it execs. What it takes on the way
+    /// goes into `held`, for the caller to keep or, on an error, to release.
     fn create_in(
-        self: &Arc<Self>,
+        &self,
         id: &str,
-        spec: oci_spec::runtime::Spec,
+        spec: &oci_spec::runtime::Spec,
         rootfs: Rootfs,
         stdio_config: husk_protocol::StdioConfig,
-        dir: PathBuf,
-    ) -> Result<Reply, AgentError> {
-        let (rootfs_path, drive) = match rootfs {
-            Rootfs::Directory { path } => {
+        held: &mut Held,
+    ) -> Result<(Spawned, ProcessIo), AgentError> {
+        let failed = |e: String| err(ErrorKind::Failed, e);
+        std::fs::create_dir_all(&self.run_dir)
+            .map_err(|e| failed(format!("creating {}: {e}", self.run_dir.display())))?;
+        // A fresh directory: one left by an earlier container of this id (whose removal
+        // failed) may hold its writes, which must not show through in this one.
+        let dir = self.run_dir.join(id);
+        std::fs::create_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => failed(format!(
+                "{} is left from an earlier container '{id}'",
+                dir.display()
+            )),
+            _ => failed(format!("creating {}: {e}", dir.display())),
+        })?;
+        let dir: &Path = held.dir.insert(dir);
+        let (source, overlay) = match rootfs {
+            Rootfs::Directory { path, overlay } => {
                 if !path.is_absolute() || !path.is_dir() {
                     return Err(err(
                         ErrorKind::InvalidSpec,
@@ -282,79 +325,53 @@ impl Sandbox {
                         ),
                     ));
                 }
-                (path, None)
+                (path, overlay)
             }
-            Rootfs::BlockDevice { serial, fs_type } => {
-                let path = self
-                    .drives
-                    .acquire(&serial, &fs_type)
-                    .map_err(|e| err(ErrorKind::Failed, e))?;
-                (path, Some(serial))
+            Rootfs::BlockDevice {
+                serial,
+                fs_type,
+                overlay,
+            } => {
+                let path = self.drives.acquire(&serial, &fs_type).map_err(failed)?;
+                held.drive = Some(serial);
+                (path, overlay)
             }
         };
-        let release_drive = || {
-            if let Some(serial) = &drive {
-                self.drives.release(serial);
-            }
+        let rootfs_path = if overlay {
+            let overlay =
+                Overlay::mount(&source, dir).map_err(|e| failed(format!("rootfs overlay: {e}")))?;
+            held.overlay.insert(overlay).merged().to_path_buf()
+        } else {
+            source
         };
 
         let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
-        let cgroup = match &self.cgroup_root {
-            Ok(root) => match Cgroup::create(root, id, resources.as_ref()) {
-                Ok(cgroup) => Some(cgroup),
-                Err(e) => {
-                    release_drive();
-                    return Err(err(ErrorKind::Failed, format!("cgroup: {e}")));
-                }
-            },
+        match &self.cgroup_root {
+            Ok(root) => {
+                let cgroup = Cgroup::create(root, id, resources.as_ref())
+                    .map_err(|e| failed(format!("cgroup: {e}")))?;
+                held.cgroup = Some(cgroup);
+            }
             Err(why) => {
                 if resources.is_some() {
                     log::warn!("container {id}: resource limits not applied: {why}");
                 }
-                None
             }
-        };
+        }
 
-        let spawned = stdio::prepare(&self.streams, id, None, stdio_config)
-            .map_err(|e| err(ErrorKind::Failed, e.to_string()))
-            .and_then(|(fds, io)| {
-                let plan = SpawnPlan {
-                    container_id: id.to_owned(),
-                    kind: SpawnKind::Init {
-                        spec: spec.clone(),
-                        rootfs: rootfs_path,
-                    },
-                    cgroup: cgroup.as_ref().map(|c| c.path().to_path_buf()),
-                    terminal: stdio_config.terminal,
-                };
-                spawn::spawn(&plan, fds)
-                    .map(|spawned| (spawned, io))
-                    .map_err(|e| err(ErrorKind::Failed, e.to_string()))
-            });
-        let (spawned, io) = match spawned {
-            Ok(done) => done,
-            Err(e) => {
-                if let Some(cgroup) = cgroup {
-                    let _ = cgroup.remove();
-                }
-                release_drive();
-                return Err(e);
-            }
+        let (fds, io) = stdio::prepare(&self.streams, id, None, stdio_config)
+            .map_err(|e| failed(e.to_string()))?;
+        let plan = SpawnPlan {
+            container_id: id.to_owned(),
+            kind: SpawnKind::Init {
+                spec: spec.clone(),
+                rootfs: rootfs_path,
+            },
+            cgroup: held.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            terminal: stdio_config.terminal,
         };
-        let pid = spawned.pid;
-        let init = self.watch(id, None, pid, io);
-        let container = Arc::new(Container {
-            id: id.to_owned(),
-            spec,
-            state: Mutex::new(State::Created(spawned)),
-            init,
-            execs: Mutex::new(HashMap::new()),
-            cgroup,
-            dir,
-            drive,
-        });
-        lock(&self.containers).insert(id.to_owned(), container);
-        Ok(Reply::Process { pid })
+        let spawned = spawn::spawn(&plan, fds).map_err(|e| failed(e.to_string()))?;
+        Ok((spawned, io))
     }
 
     /// Records a new process and reports its exit when it comes.
@@ -434,7 +451,11 @@ impl Sandbox {
                 process,
                 spec: container.spec.clone(),
             },
-            cgroup: container.cgroup.as_ref().map(|c| c.path().to_path_buf()),
+            cgroup: container
+                .held
+                .cgroup
+                .as_ref()
+                .map(|c| c.path().to_path_buf()),
             terminal: stdio_config.terminal,
         };
         let spawned =
@@ -462,7 +483,7 @@ impl Sandbox {
         })?;
         let mut pids = vec![proc.pid];
         if all && exec_id.is_none() {
-            if let Some(cgroup) = &container.cgroup {
+            if let Some(cgroup) = container.held.cgroup.as_ref() {
                 pids = cgroup
                     .pids()
                     .map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
@@ -485,7 +506,7 @@ impl Sandbox {
 
     fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
         let container = self.container(id)?;
-        let Some(cgroup) = &container.cgroup else {
+        let Some(cgroup) = container.held.cgroup.as_ref() else {
             return Err(err(
                 ErrorKind::Unsupported,
                 format!(
@@ -504,7 +525,7 @@ impl Sandbox {
 
     fn pids(&self, id: &str) -> Result<Vec<i32>, AgentError> {
         let container = self.container(id)?;
-        if let Some(cgroup) = &container.cgroup {
+        if let Some(cgroup) = container.held.cgroup.as_ref() {
             return cgroup
                 .pids()
                 .map_err(|e| err(ErrorKind::Failed, e.to_string()));
@@ -542,29 +563,42 @@ impl Sandbox {
         if container.init.wait(Some(KILL_WAIT)).is_none() {
             log::warn!("container {id}: its process did not exit after SIGKILL");
         }
-        if let Some(cgroup) = &container.cgroup {
+        if let Some(cgroup) = container.held.cgroup.as_ref() {
             if let Err(e) = cgroup.kill_all() {
                 log::warn!("container {id}: {e}");
             }
         }
         lock(&self.containers).remove(id);
-        self.release(&container);
+        self.release(id, &container.held);
         Ok(())
     }
 
-    /// Releases what a removed container held: its cgroup, its drive, its directory.
-    /// (Calls still under way may hold the container itself a moment longer.)
-    fn release(&self, container: &Container) {
-        if let Some(cgroup) = &container.cgroup {
+    /// Gives back what a container held, once its processes are gone (or were never
+    /// started), in the reverse order of taking it: its cgroup; its overlay, before the
+    /// drive under it; the drive; and its directory, with the overlay's upper layer.
+    /// Failures are logged: the container is gone either way. (Calls still under way may
+    /// hold the container itself a moment longer.)
+    fn release(&self, id: &str, held: &Held) {
+        if let Some(cgroup) = held.cgroup.as_ref() {
             if let Err(e) = cgroup.remove() {
-                log::warn!("container {}: {e}", container.id);
+                log::warn!("container {id}: {e}");
             }
         }
-        if let Some(serial) = &container.drive {
+        let mut dir = held.dir.as_deref();
+        if let Some(overlay) = &held.overlay {
+            if let Err(e) = overlay.unmount() {
+                // Removing the directory would walk into the merged tree, still mounted.
+                log::warn!("container {id}: {e}; its directory is left");
+                dir = None;
+            }
+        }
+        if let Some(serial) = &held.drive {
             self.drives.release(serial);
         }
-        if let Err(e) = std::fs::remove_dir_all(&container.dir) {
-            log::warn!("removing {}: {e}", container.dir.display());
+        if let Some(dir) = dir {
+            if let Err(e) = std::fs::remove_dir_all(dir) {
+                log::warn!("removing {}: {e}", dir.display());
+            }
         }
     }
 
@@ -575,7 +609,7 @@ impl Sandbox {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         };
-        if let Some(cgroup) = &container.cgroup {
+        if let Some(cgroup) = container.held.cgroup.as_ref() {
             if cgroup.kill_all().is_ok() {
                 return;
             }
@@ -624,7 +658,7 @@ impl Sandbox {
                 lock(&self.containers).values().cloned().collect();
             seen.retain(|id, _| containers.iter().any(|c| &c.id == id));
             for container in containers {
-                let Some(cgroup) = &container.cgroup else {
+                let Some(cgroup) = container.held.cgroup.as_ref() else {
                     continue;
                 };
                 let Ok(kills) = cgroup.oom_kills() else {

@@ -13,7 +13,10 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{collect, json, run, run_value, spec, TestAgent};
+use common::{
+    changed, collect, exec_script, json, run, run_on, run_value, snapshot, spec, writable,
+    TestAgent,
+};
 use husk_protocol::{
     read_frame, write_frame, CreateContainer, ErrorKind, Event, ExecProcess, ExitStatus, Hello,
     HelloReply, StdioConfig, StreamKind,
@@ -520,11 +523,13 @@ fn bad_rootfs() {
     let agent = TestAgent::start("bad-rootfs");
     let relative = husk_protocol::Rootfs::Directory {
         path: "rootfs".into(),
+        overlay: false,
     };
     let e = create_fails(&agent, "r1", json(&spec(&["true"])), relative);
     assert!(e.message.contains("rootfs"), "{e}");
     let missing = husk_protocol::Rootfs::Directory {
         path: "/nonexistent/rootfs".into(),
+        overlay: false,
     };
     let e = create_fails(&agent, "r2", json(&spec(&["true"])), missing);
     assert!(e.message.contains("/nonexistent/rootfs"), "{e}");
@@ -692,4 +697,155 @@ fn a_seccomp_profile_applies_in_the_container() {
     assert_eq!(out.exit.status, ExitStatus::Code(0));
     assert_eq!(out.stdout(), "rc=1\n");
     assert!(out.stderr().contains("not permitted"), "{}", out.stderr());
+}
+
+// ---- a writable overlay over a shared rootfs ------------------------------------------
+
+#[test]
+fn an_overlay_takes_the_writes_and_the_source_stays_unchanged() {
+    let agent = TestAgent::start("overlay");
+    let before = agent.shared_source().map(|source| snapshot(&source));
+    // A new file, an existing one changed and another removed.
+    let out = run_on(
+        &agent,
+        "writer",
+        json(&writable(spec(&[
+            "sh",
+            "-c",
+            "echo new > /new-file && echo changed >> /etc/root-only && rm /etc/group && \
+             cat /new-file /etc/root-only && test ! -e /etc/group && echo removed",
+        ]))),
+        agent.shared_rootfs(true),
+        None,
+    );
+    assert_eq!(out.code(), 0, "stderr: {}", out.stderr());
+    assert_eq!(out.stdout(), "new\nroot's\nchanged\nremoved\n");
+
+    // root.readonly still holds over an overlay, and the next overlay starts clean.
+    let out = run_on(
+        &agent,
+        "reader",
+        json(&spec(&[
+            "sh",
+            "-c",
+            "test -e /new-file && echo leaked; echo x > /x; echo rc=$?; cat /etc/root-only",
+        ])),
+        agent.shared_rootfs(true),
+        None,
+    );
+    assert_eq!(out.stdout(), "rc=1\nroot's\n", "stderr: {}", out.stderr());
+    assert!(out.stderr().contains("Read-only"), "{}", out.stderr());
+
+    // The source as a container without an overlay sees it (the drive, in the VM) ...
+    let out = run_on(
+        &agent,
+        "plain",
+        json(&spec(&[
+            "sh",
+            "-c",
+            "test -e /new-file && echo leaked; cat /etc/root-only /etc/group",
+        ])),
+        agent.shared_rootfs(false),
+        None,
+    );
+    assert_eq!(
+        out.stdout(),
+        "root's\nroot:x:0:\nuser:x:1000:\n",
+        "stderr: {}",
+        out.stderr()
+    );
+    // ... and on the host, byte for byte.
+    if let (Some(before), Some(source)) = (before, agent.shared_source()) {
+        let changed = changed(&before, &snapshot(&source));
+        assert!(changed.is_empty(), "the source changed: {changed:?}");
+    }
+}
+
+#[test]
+fn two_overlays_on_one_source_see_only_their_own_writes() {
+    let agent = TestAgent::start("overlay-two");
+    let before = agent.shared_source().map(|source| snapshot(&source));
+    let client = &agent.client;
+    for id in ["a", "b"] {
+        client
+            .create_container(CreateContainer {
+                container_id: id.into(),
+                spec: json(&writable(spec(&["sleep", "1000"]))),
+                rootfs: agent.shared_rootfs(true),
+                stdio: StdioConfig::default(),
+            })
+            .expect("create");
+        client.start_container(id).expect("start");
+    }
+    // Both write before either reads.
+    for id in ["a", "b"] {
+        let script = format!("echo {id} > /who && echo {id} >> /etc/root-only");
+        let out = exec_script(&agent, id, "write", &script);
+        assert_eq!(out.code(), 0, "{id}: {}", out.stderr());
+    }
+    for id in ["a", "b"] {
+        let out = exec_script(&agent, id, "read", "cat /who /etc/root-only");
+        assert_eq!(out.code(), 0, "{id}: {}", out.stderr());
+        assert_eq!(out.stdout(), format!("{id}\nroot's\n{id}\n"), "in {id}");
+    }
+    for id in ["a", "b"] {
+        client.remove_container(id, true).expect("remove");
+    }
+    if let (Some(before), Some(source)) = (before, agent.shared_source()) {
+        let changed = changed(&before, &snapshot(&source));
+        assert!(changed.is_empty(), "the source changed: {changed:?}");
+    }
+}
+
+#[test]
+fn removing_an_overlay_container_unmounts_it() {
+    let agent = TestAgent::start("overlay-remove");
+    let client = &agent.client;
+    client
+        .create_container(CreateContainer {
+            container_id: "ov".into(),
+            spec: json(&writable(spec(&["sleep", "2345"]))),
+            rootfs: agent.shared_rootfs(true),
+            stdio: StdioConfig::default(),
+        })
+        .expect("create");
+    client.start_container("ov").expect("start");
+    let container_dir = agent.run_dir.join("ov");
+    let upper = container_dir.join("overlay/upper");
+    let merged = container_dir.join("overlay/merged").display().to_string();
+    let look = agent.look(&[&upper]);
+    let mounts = look.mounts_with(&merged);
+    assert!(
+        mounts.len() == 1 && mounts[0].contains(" - overlay "),
+        "no overlay on {merged}: {mounts:?}"
+    );
+    assert_eq!(look.existing, std::slice::from_ref(&upper), "no upper dir");
+
+    client.remove_container("ov", true).expect("remove --force");
+    let look = agent.look(&[&upper, &container_dir]);
+    let dir = container_dir.display().to_string();
+    assert!(
+        look.mounts_with(&dir).is_empty(),
+        "mounts outlived the container: {:?}",
+        look.mounts_with(&dir)
+    );
+    assert!(look.existing.is_empty(), "left: {:?}", look.existing);
+
+    // A create that fails after the overlay is mounted leaves nothing either.
+    let e = create_fails(
+        &agent,
+        "bad",
+        json(&spec(&["no-such-program"])),
+        agent.shared_rootfs(true),
+    );
+    assert!(e.message.contains("no-such-program"), "{e}");
+    let bad_dir = agent.run_dir.join("bad");
+    let look = agent.look(&[&bad_dir]);
+    let dir = bad_dir.display().to_string();
+    assert!(
+        look.mounts_with(&dir).is_empty(),
+        "a failed create left mounts: {:?}",
+        look.mounts_with(&dir)
+    );
+    assert!(look.existing.is_empty(), "a failed create left {dir}");
 }

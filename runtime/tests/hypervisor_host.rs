@@ -39,6 +39,7 @@ fn a_sandbox_runs_a_container_and_stop_leaves_nothing() {
             spec: serde_json::to_value(&spec).expect("spec"),
             rootfs: Rootfs::Directory {
                 path: busybox_rootfs().expect("rootfs"),
+                overlay: false,
             },
             stdio: StdioConfig::default(),
         })

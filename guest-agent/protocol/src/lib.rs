@@ -30,7 +30,7 @@
 //!
 //! A frame is a little-endian `u32` length followed by that many bytes of JSON (serde's
 //! encoding of the types in [`messages`]); at most [`MAX_FRAME_LEN`] (4 MiB).
-//! Enums are internally tagged: `{"kind": "control", "version": 1}`,
+//! Enums are internally tagged: `{"kind": "control", "version": 2}`,
 //! `{"id": 3, "call": {"call": "start_container", "container_id": "c1"}}`,
 //! `{"type": "response", "id": 3, "result": {"Ok": {"reply": "done"}}}`.
 

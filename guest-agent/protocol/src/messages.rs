@@ -6,7 +6,7 @@ use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 /// The version both sides must speak; a mismatch fails the hello.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The first frame of every connection, from the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -161,9 +161,20 @@ pub struct ExecProcess {
 pub enum Rootfs {
     /// A virtio-blk drive found by its serial (the VMM's drive id), with this file
     /// system on it; mounted read-only when the spec's `root.readonly` says so.
-    BlockDevice { serial: String, fs_type: String },
+    BlockDevice {
+        serial: String,
+        fs_type: String,
+        /// The source is a shared image that must stay unchanged: the agent mounts it read-only as the lower layer of an overlay whose upper layer is the container's own (under the agent's run directory: guest memory in a VM, the sandbox directory on the host), removed with the container.
+        #[serde(default)]
+        overlay: bool,
+    },
     /// A directory the agent can see (the host backend): bind-mounted.
-    Directory { path: PathBuf },
+    Directory {
+        path: PathBuf,
+        /// The source is a shared image that must stay unchanged: the agent mounts it read-only as the lower layer of an overlay whose upper layer is the container's own (under the agent's run directory: guest memory in a VM, the sandbox directory on the host), removed with the container.
+        #[serde(default)]
+        overlay: bool,
+    },
 }
 
 /// Which stdio streams the host opened (or will open) for a process, as stream

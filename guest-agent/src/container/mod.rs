@@ -5,6 +5,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod devices;
 pub mod mounts;
+pub mod overlay;
 pub mod seccomp;
 pub mod setup;
 pub mod spawn;

@@ -24,8 +24,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use husk_protocol::{
-    Connection, Connector, CreateContainer, ExitInfo, HybridVsockConnector, Rootfs, StdioConfig,
-    StreamKind, AGENT_VSOCK_PORT,
+    Connection, Connector, CreateContainer, ExecProcess, ExitInfo, HybridVsockConnector, Rootfs,
+    StdioConfig, StreamKind, AGENT_VSOCK_PORT,
 };
 use husk_runtime::agent::AgentClient;
 use husk_runtime::hypervisor::host::{HostBackend, HostConfig};
@@ -125,7 +125,37 @@ impl TestAgent {
         }
         let path = self.dir.join("evil-rootfs");
         build_evil_tree(&path);
-        Rootfs::Directory { path }
+        Rootfs::Directory {
+            path,
+            overlay: false,
+        }
+    }
+
+    /// A rootfs source for overlay tests, with the overlay (`overlay: true`) or without
+    /// (a plain view of the source): on the host a busybox tree of this agent's own, which
+    /// [`TestAgent::shared_source`] names; in the VM the drive of [`TestAgent::rootfs`].
+    pub fn shared_rootfs(&self, overlay: bool) -> Rootfs {
+        match self.shared_source() {
+            Some(path) => Rootfs::Directory { path, overlay },
+            None => Rootfs::BlockDevice {
+                serial: "rootfs".into(),
+                fs_type: "ext4".into(),
+                overlay,
+            },
+        }
+    }
+
+    /// The directory behind [`TestAgent::shared_rootfs`] on the host, built on first use;
+    /// `None` in the VM (the source is a drive there).
+    pub fn shared_source(&self) -> Option<PathBuf> {
+        if self.in_vm {
+            return None;
+        }
+        let path = self.dir.join("shared-rootfs");
+        if !path.exists() {
+            build_busybox_tree(&path).expect("the shared busybox rootfs");
+        }
+        Some(path)
     }
 
     /// Whether containers get cgroup v2 limits, stats and OOM events, and if not, why.
@@ -240,6 +270,7 @@ fn start_on_host(dir: ScratchDir) -> TestAgent {
         in_vm: false,
         rootfs: Rootfs::Directory {
             path: busybox_rootfs().expect("the busybox rootfs"),
+            overlay: false,
         },
         sandbox: Sandbox::Host(backend),
         dir,
@@ -298,6 +329,7 @@ fn start_in_vm(dir: ScratchDir, tools: &VmTools) -> TestAgent {
         rootfs: Rootfs::BlockDevice {
             serial: "rootfs".into(),
             fs_type: "ext4".into(),
+            overlay: false,
         },
         sandbox: Sandbox::Vm {
             vmm: child,
@@ -394,6 +426,14 @@ pub fn spec(args: &[&str]) -> Spec {
     spec
 }
 
+/// `spec` with a writable root (`root.readonly` false).
+pub fn writable(mut spec: Spec) -> Spec {
+    let mut root = spec.root().clone().expect("the default spec has a root");
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    spec
+}
+
 /// A spec as the protocol carries it.
 pub fn json(spec: &Spec) -> serde_json::Value {
     serde_json::to_value(spec).expect("a spec encodes as JSON")
@@ -440,6 +480,17 @@ pub fn run_value(
     spec: serde_json::Value,
     stdin: Option<&[u8]>,
 ) -> Output {
+    run_on(agent, id, spec, agent.rootfs(), stdin)
+}
+
+/// `run_value` on the given rootfs.
+pub fn run_on(
+    agent: &TestAgent,
+    id: &str,
+    spec: serde_json::Value,
+    rootfs: Rootfs,
+    stdin: Option<&[u8]>,
+) -> Output {
     let client = &agent.client;
     let stdio = StdioConfig {
         stdin: stdin.is_some(),
@@ -466,7 +517,7 @@ pub fn run_value(
         .create_container(CreateContainer {
             container_id: id.into(),
             spec,
-            rootfs: agent.rootfs(),
+            rootfs,
             stdio,
         })
         .expect("create");
@@ -489,4 +540,111 @@ pub fn run_value(
     };
     client.remove_container(id, false).expect("remove");
     output
+}
+
+/// Runs `sh -c script` in a running container as exec `exec_id`; its exit and stdout.
+pub fn exec_script(agent: &TestAgent, container_id: &str, exec_id: &str, script: &str) -> Output {
+    let client = &agent.client;
+    let stdout = collect(
+        client
+            .open_stream(container_id, Some(exec_id), StreamKind::Stdout)
+            .expect("stdout stream"),
+    );
+    let stderr = collect(
+        client
+            .open_stream(container_id, Some(exec_id), StreamKind::Stderr)
+            .expect("stderr stream"),
+    );
+    let mut process = spec(&["sh"]).process().clone().expect("process");
+    process.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    client
+        .exec(ExecProcess {
+            container_id: container_id.into(),
+            exec_id: exec_id.into(),
+            process,
+            stdio: StdioConfig {
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+        })
+        .expect("exec");
+    let exit = client.wait(container_id, Some(exec_id)).expect("wait");
+    Output {
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        exit,
+    }
+}
+
+/// One entry of a [`snapshot`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification and change times, seconds and nanoseconds.
+    pub times: [i64; 4],
+    /// A file's bytes, a symlink's target; empty for anything else.
+    pub content: Vec<u8>,
+}
+
+/// Every entry of the tree at `root` (by path relative to it), to tell whether anything
+/// in it changed, down to the byte.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<PathBuf, Entry> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut entries = std::collections::BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let path = root.join(&rel);
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let content = if meta.is_file() {
+            std::fs::read(&path).expect("read")
+        } else if meta.file_type().is_symlink() {
+            std::fs::read_link(&path)
+                .expect("readlink")
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
+        } else {
+            Vec::new()
+        };
+        if meta.is_dir() {
+            for child in std::fs::read_dir(&path).expect("readdir") {
+                todo.push(rel.join(child.expect("readdir entry").file_name()));
+            }
+        }
+        entries.insert(
+            rel,
+            Entry {
+                mode: meta.mode(),
+                uid: meta.uid(),
+                gid: meta.gid(),
+                times: [
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.ctime(),
+                    meta.ctime_nsec(),
+                ],
+                content,
+            },
+        );
+    }
+    entries
+}
+
+/// The paths whose entries differ between two snapshots (or are in only one).
+pub fn changed(
+    before: &std::collections::BTreeMap<PathBuf, Entry>,
+    after: &std::collections::BTreeMap<PathBuf, Entry>,
+) -> Vec<PathBuf> {
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|path| before.get(*path) != after.get(*path))
+        .cloned()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
