@@ -1,8 +1,15 @@
-//! husk-runtime: the husk command line and, as the runtime grows, sandbox lifecycle,
-//! hypervisor backends, storage, networking and the containerd shim.
+//! husk-runtime: sandboxes and their containers, the hypervisor backends, root file
+//! systems, and the `husk` command line.
 
 pub mod agent;
 pub mod cli;
+pub mod config;
+pub mod container;
 pub mod guest;
 pub mod hypervisor;
 mod logger;
+pub mod sandbox;
+pub mod spec;
+pub mod state;
+pub mod stdio;
+pub mod storage;

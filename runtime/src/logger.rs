@@ -1,12 +1,28 @@
-//! A small stderr logger: `husk: <message>` for info and up; `HUSK_LOG=debug` for more.
+//! husk's own log: `husk: <message>` lines on stderr for info and up (`HUSK_LOG=debug` for
+//! more), or, with `--log FILE`, lines appended to that file in runc's formats: text, or
+//! one JSON object per line (`{"level":…,"msg":…,"time":…}`) with `--log-format json`.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-struct StderrLogger {
-    level: LevelFilter,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
-impl Log for StderrLogger {
+struct Logger {
+    level: LevelFilter,
+    format: LogFormat,
+    /// `None`: stderr.
+    file: Option<Mutex<File>>,
+}
+
+impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         metadata.level() <= self.level
     }
@@ -15,12 +31,31 @@ impl Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        match record.level() {
-            Level::Error => eprintln!("husk: error: {}", record.args()),
-            Level::Warn => eprintln!("husk: warning: {}", record.args()),
-            Level::Info => eprintln!("husk: {}", record.args()),
-            Level::Debug | Level::Trace => {
-                eprintln!("husk: [{}] {}", record.target(), record.args())
+        let line = match self.format {
+            LogFormat::Text => match record.level() {
+                Level::Error => format!("husk: error: {}\n", record.args()),
+                Level::Warn => format!("husk: warning: {}\n", record.args()),
+                Level::Info => format!("husk: {}\n", record.args()),
+                Level::Debug | Level::Trace => {
+                    format!("husk: [{}] {}\n", record.target(), record.args())
+                }
+            },
+            LogFormat::Json => {
+                let entry = serde_json::json!({
+                    "level": record.level().as_str().to_lowercase(),
+                    "msg": record.args().to_string(),
+                    "time": crate::state::now_rfc3339(),
+                });
+                format!("{entry}\n")
+            }
+        };
+        match &self.file {
+            Some(file) => {
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = file.write_all(line.as_bytes());
+            }
+            None => {
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
         }
     }
@@ -28,7 +63,8 @@ impl Log for StderrLogger {
     fn flush(&self) {}
 }
 
-pub fn init() {
+/// Installs the logger; the first call wins.
+pub fn init(file: Option<&Path>, format: LogFormat) -> Result<(), String> {
     let level = match std::env::var("HUSK_LOG").as_deref() {
         Ok("debug") => LevelFilter::Debug,
         Ok("trace") => LevelFilter::Trace,
@@ -37,9 +73,24 @@ pub fn init() {
         Ok("off") => LevelFilter::Off,
         _ => LevelFilter::Info,
     };
-    static LOGGER: std::sync::OnceLock<StderrLogger> = std::sync::OnceLock::new();
-    let logger = LOGGER.get_or_init(|| StderrLogger { level });
+    let file = match file {
+        Some(path) => Some(Mutex::new(
+            File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open the log {}: {e}", path.display()))?,
+        )),
+        None => None,
+    };
+    static LOGGER: std::sync::OnceLock<Logger> = std::sync::OnceLock::new();
+    let logger = LOGGER.get_or_init(|| Logger {
+        level,
+        format,
+        file,
+    });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(logger.level);
     }
+    Ok(())
 }

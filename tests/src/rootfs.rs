@@ -113,3 +113,44 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error(format!("chmod {}: {e}", path.display())))
 }
+
+/// An OCI bundle at `dir` whose process runs `args` (no terminal, as root, cwd /) on its
+/// own copy of the busybox tree (`dir/rootfs`), in fresh PID, mount, IPC, UTS and
+/// network namespaces with /proc, /dev and /dev/pts: what runc needs, and husk too.
+pub fn busybox_bundle(dir: &Path, args: &[&str]) -> Result<(), Error> {
+    build_busybox_tree(&dir.join("rootfs"))?;
+    let namespaces: Vec<serde_json::Value> = ["pid", "mount", "ipc", "uts", "network"]
+        .iter()
+        .map(|t| serde_json::json!({ "type": t }))
+        .collect();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {
+                "bounding": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                "effective": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"],
+                "permitted": ["CAP_KILL", "CAP_CHOWN", "CAP_SETUID", "CAP_SETGID"]
+            },
+            "noNewPrivileges": true
+        },
+        "root": { "path": "rootfs", "readonly": false },
+        "hostname": "bundle",
+        "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] }
+        ],
+        "linux": { "namespaces": namespaces }
+    });
+    let text = serde_json::to_string_pretty(&spec)
+        .map_err(|e| Error(format!("the bundle's config.json: {e}")))?;
+    std::fs::write(dir.join("config.json"), text)
+        .map_err(|e| Error(format!("writing {}/config.json: {e}", dir.display())))
+}

@@ -1,26 +1,65 @@
 //! The `husk` command line.
 
+mod foreground;
 mod info;
+mod oci;
+mod run;
 mod vmm;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+use crate::config::Config;
+use crate::hypervisor::Kind;
+use crate::logger::LogFormat;
+use crate::state::{StateRoot, DEFAULT_ROOT};
+
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk: containers in microVMs")]
 struct Cli {
+    /// Where container state lives [default: `root` in the configuration, else /run/husk]
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Write husk's own log to this file instead of stderr
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// The log's format
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a command in a container in a fresh sandbox, and exit with its status.
+    Run(Box<run::RunArgs>),
+    /// Create a container from an OCI bundle: its sandbox starts, its process waits.
+    Create(oci::CreateArgs),
+    /// Let a created container's process run.
+    Start(oci::IdArgs),
+    /// Print a container's OCI state as JSON.
+    State(oci::IdArgs),
+    /// Send a signal to a container's process (or, with --all, to all its processes).
+    Kill(oci::KillArgs),
+    /// Remove a stopped container (with --force: any container) and its sandbox.
+    Delete(oci::DeleteArgs),
+    /// Run another process in a running container.
+    Exec(Box<oci::ExecArgs>),
+    /// List containers.
+    List(oci::ListArgs),
+    /// List a container's processes (pids as its sandbox sees them).
+    Ps(oci::PsArgs),
     /// Boot a bare VM: a kernel, an initrd and a command line, no containers.
     Vmm(Box<vmm::VmmArgs>),
     /// Print what this host offers husk, as JSON.
     Info,
+    /// (internal) Hold a created container's sandbox; started by `husk create`.
+    #[command(hide = true)]
+    SandboxProcess(oci::SandboxProcessArgs),
 }
 
 /// Exit status for an error of the user's input or the host (bad argument, missing file,
@@ -29,11 +68,64 @@ const EXIT_ERROR: u8 = 1;
 /// Exit status when the guest ended badly (triple fault, KVM internal error).
 const EXIT_GUEST_FAILED: u8 = 2;
 
+/// What every command that works with containers needs: the configuration file's
+/// settings and the state root.
+pub struct Context {
+    pub config: Config,
+    pub root: StateRoot,
+}
+
+impl Context {
+    /// The backend to use: the flag, else the configuration, else builtin where this
+    /// host can boot the guest. Never a silent fallback to the host backend.
+    pub fn hypervisor(&self, flag: Option<Kind>) -> Result<Kind, String> {
+        if let Some(kind) = flag.or(self.config.hypervisor) {
+            return Ok(kind);
+        }
+        match husk_vmm::kvm_flavour() {
+            husk_vmm::KvmFlavour::Hardware => Ok(Kind::Builtin),
+            flavour => Err(format!(
+                "this host cannot boot the guest with the builtin hypervisor ({}); choose \
+                 --hypervisor host to run the containers in namespaces on this host, with \
+                 no VM (or set hypervisor = \"host\" in {})",
+                match flavour {
+                    husk_vmm::KvmFlavour::Pvm => {
+                        "its /dev/kvm is PVM, which boots only PVM guest kernels"
+                    }
+                    _ => "it has no hardware KVM (kvm_intel or kvm_amd)",
+                },
+                crate::config::DEFAULT_CONFIG_PATH
+            )),
+        }
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.config
+            .cache
+            .clone()
+            .unwrap_or_else(crate::guest::cache_dir)
+    }
+
+    pub fn kernel(&self) -> PathBuf {
+        self.config
+            .kernel
+            .clone()
+            .unwrap_or_else(crate::guest::default_kernel)
+    }
+
+    pub fn initrd(&self) -> PathBuf {
+        self.config
+            .initrd
+            .clone()
+            .unwrap_or_else(crate::guest::default_initrd)
+    }
+}
+
 pub fn main(start: Instant) -> ExitCode {
-    crate::logger::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
+            let _ = crate::logger::init(None, LogFormat::Text);
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 let _ = e.print();
@@ -47,14 +139,43 @@ pub fn main(start: Instant) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    if let Err(e) = crate::logger::init(cli.log.as_deref(), cli.log_format) {
+        eprintln!("husk: error: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    let context = || -> Result<Context, String> {
+        let config = Config::load().map_err(|e| e.to_string())?;
+        let root = cli
+            .root
+            .clone()
+            .or_else(|| config.root.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        Ok(Context {
+            config,
+            root: StateRoot::new(root),
+        })
+    };
     let result = match cli.command {
         Command::Vmm(args) => vmm::run(*args, start),
         Command::Info => info::run(),
+        command => context().and_then(|context| match command {
+            Command::Run(args) => run::run(&context, *args),
+            Command::Create(args) => oci::create(&context, args),
+            Command::Start(args) => oci::start(&context, args),
+            Command::State(args) => oci::state(&context, args),
+            Command::Kill(args) => oci::kill(&context, args),
+            Command::Delete(args) => oci::delete(&context, args),
+            Command::Exec(args) => oci::exec(&context, *args),
+            Command::List(args) => oci::list(&context, args),
+            Command::Ps(args) => oci::ps(&context, args),
+            Command::SandboxProcess(args) => oci::sandbox_process(&context, args),
+            Command::Vmm(_) | Command::Info => unreachable!("handled above"),
+        }),
     };
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("husk: error: {message}");
+            log::error!("{message}");
             ExitCode::from(EXIT_ERROR)
         }
     }

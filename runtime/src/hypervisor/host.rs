@@ -3,14 +3,17 @@
 //! stopping or killing it ends every container process and mount of the sandbox. It
 //! gives no hardware isolation; the runtime announces it when it is chosen.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use husk_protocol::{Connector, UnixConnector};
+use husk_protocol::UnixConnector;
 
-use super::{connect_agent, Capabilities, Hypervisor, HypervisorError, Kind};
+use husk_vmm::DriveConfig;
+
+use super::{connect_agent, AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
 
 /// How long a fresh agent may take to listen.
 const START_PATIENCE: Duration = Duration::from_secs(10);
@@ -86,7 +89,28 @@ impl Hypervisor for HostBackend {
         };
         std::fs::create_dir_all(dir).map_err(directory)?;
         let log = std::fs::File::create(dir.join("agent.log")).map_err(directory)?;
-        let child = Command::new(&self.config.agent)
+        let mut command = Command::new(&self.config.agent);
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the child between fork and exec, where only
+        // async-signal-safe calls are allowed: prctl, getppid and _exit are plain
+        // syscalls, and nothing is allocated.
+        unsafe {
+            command.pre_exec(move || {
+                // The agent (and with it the whole sandbox) dies with the husk process
+                // that holds the sandbox, even when that one is killed with SIGKILL.
+                // The signal follows the *thread* that forked, so `start` must be
+                // called from a thread that lives as long as the sandbox.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the prctl: nobody would kill us.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let child = command
             .arg("--listen")
             .arg(format!("unix:{}", self.socket().display()))
             .arg("--run-dir")
@@ -107,11 +131,21 @@ impl Hypervisor for HostBackend {
         answered.map(|_| ())
     }
 
-    fn agent_connector(&self) -> Result<Arc<dyn Connector>, HypervisorError> {
+    fn add_drive(&mut self, _drive: DriveConfig) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(
+            "the host backend has no drives: its containers' root file systems are \
+             directories"
+                .into(),
+        ))
+    }
+
+    fn agent_address(&self) -> Result<AgentAddress, HypervisorError> {
         if self.agent.is_none() {
             return Err(HypervisorError::NotRunning);
         }
-        Ok(Arc::new(UnixConnector(self.socket())))
+        Ok(AgentAddress::Unix {
+            path: self.socket(),
+        })
     }
 
     fn pids(&self) -> Vec<u32> {

@@ -8,12 +8,16 @@
 //!   only ever chosen explicitly.
 //! - `builtin`: the in-process VMM (`husk-vmm`) booting the guest (next).
 
+pub mod builtin;
 pub mod host;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use husk_protocol::Connector;
+use husk_protocol::{Connector, HybridVsockConnector, UnixConnector, AGENT_VSOCK_PORT};
+use husk_vmm::DriveConfig;
+use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentClient, ClientError};
 
@@ -34,15 +38,29 @@ pub enum HypervisorError {
     AgentTimeout(Duration, ClientError),
     /// the sandbox is not running
     NotRunning,
+    /// {0}
+    Unsupported(String),
 }
 
 /// The backends, as configuration and the command line name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The in-process VMM.
     Builtin,
     /// The agent as a host process: no VM.
     Host,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Builtin => "builtin",
+            Kind::Host => "host",
+        })
+    }
 }
 
 /// What a backend offers, for the layers above to decide with.
@@ -59,12 +77,51 @@ pub trait Hypervisor: Send {
     fn capabilities(&self) -> Capabilities;
     /// Starts the sandbox and waits until its agent serves.
     fn start(&mut self) -> Result<(), HypervisorError>;
+    /// Adds a drive the guest will see; only before `start` (virtio-mmio has no hotplug).
+    fn add_drive(&mut self, drive: DriveConfig) -> Result<(), HypervisorError>;
+    /// Where the agent listens, for this process and for later `husk` commands.
+    fn agent_address(&self) -> Result<AgentAddress, HypervisorError>;
     /// Opens connections to the agent (control and stdio streams).
-    fn agent_connector(&self) -> Result<Arc<dyn Connector>, HypervisorError>;
+    fn agent_connector(&self) -> Result<Arc<dyn Connector>, HypervisorError> {
+        Ok(self.agent_address()?.connector())
+    }
     /// The host processes of the sandbox (for accounting and `husk ps`).
     fn pids(&self) -> Vec<u32>;
     /// Stops the sandbox and everything in it; safe to call more than once.
     fn stop(&mut self) -> Result<(), HypervisorError>;
+}
+
+/// Where a sandbox's agent can be reached from any process on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentAddress {
+    /// The host backend's agent socket.
+    Unix { path: PathBuf },
+    /// The VMM's hybrid vsock socket and the agent's vsock port in the guest.
+    HybridVsock { uds: PathBuf, port: u32 },
+}
+
+/// How long the VMM and guest may take to accept a vsock connection.
+const VSOCK_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl AgentAddress {
+    pub fn hybrid_vsock(uds: PathBuf) -> AgentAddress {
+        AgentAddress::HybridVsock {
+            uds,
+            port: AGENT_VSOCK_PORT,
+        }
+    }
+
+    pub fn connector(&self) -> Arc<dyn Connector> {
+        match self {
+            AgentAddress::Unix { path } => Arc::new(UnixConnector(path.clone())),
+            AgentAddress::HybridVsock { uds, port } => Arc::new(HybridVsockConnector {
+                uds_path: uds.clone(),
+                port: *port,
+                timeout: VSOCK_CONNECT_TIMEOUT,
+            }),
+        }
+    }
 }
 
 /// Connects to the agent, retrying until it serves, until `patience` runs out or

@@ -1,0 +1,183 @@
+//! One container in its own sandbox, from launch to exit: the part of the lifecycle that
+//! the process holding the sandbox runs (`husk run` itself, or the sandbox process that
+//! `husk create` leaves behind).
+//!
+//! 1. The root file system is prepared for the backend (`storage`).
+//! 2. The sandbox starts with the drives that needs.
+//! 3. The container's stdio streams are opened and the agent creates it (OCI `create`);
+//!    the state says `created`.
+//! 4. Someone starts it (`husk start`, or `husk run` at once); its exit is awaited, the
+//!    output drained, the state says `stopped` with the exit code, the sandbox stops.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use husk_protocol::{CreateContainer, StdioConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::ClientError;
+use crate::hypervisor::Kind;
+use crate::sandbox::{PreparedSandbox, Sandbox, SandboxError, SandboxOptions};
+use crate::state::{ContainerState, ProcessRef, StateError, StateRoot, Status};
+use crate::stdio::{HostStdio, Relay, Streams};
+use crate::storage::{self, RootfsSource, StorageError};
+
+/// How long the output of an exited process may take to drain.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ContainerError {
+    /// {0}
+    State(#[from] StateError),
+    /// {0}
+    Storage(#[from] StorageError),
+    /// {0}
+    Sandbox(#[from] SandboxError),
+    /// the agent: {0}
+    Agent(#[from] ClientError),
+    /// stdio: {0}
+    Stdio(std::io::Error),
+    /// interrupted
+    Interrupted,
+}
+
+/// Everything the sandbox's holder needs to create the container. `husk create` writes
+/// it for the sandbox process it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// The OCI spec, as JSON.
+    pub spec: serde_json::Value,
+    pub rootfs: RootfsSource,
+    pub annotations: BTreeMap<String, String>,
+    pub hypervisor: Kind,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    pub cache: PathBuf,
+    pub stdio: StdioConfig,
+    pub hostname: Option<String>,
+}
+
+/// A container created in its sandbox, held by this process.
+pub struct Held {
+    id: String,
+    sandbox: Sandbox,
+    relay: Relay,
+}
+
+/// Set by a signal handler to abandon a start in progress; checked between the steps.
+pub type Interrupt = Arc<AtomicBool>;
+
+/// Steps 1-3: prepares, starts and creates; on any failure releases what it took.
+pub fn create(
+    launch: &Launch,
+    root: &StateRoot,
+    host: HostStdio,
+    interrupt: &Interrupt,
+) -> Result<Held, ContainerError> {
+    let check = || match interrupt.load(Ordering::SeqCst) {
+        true => Err(ContainerError::Interrupted),
+        false => Ok(()),
+    };
+    let options = SandboxOptions {
+        hypervisor: launch.hypervisor,
+        dir: root.dir(&launch.id).join("sandbox"),
+        kernel: launch.kernel.clone(),
+        initrd: launch.initrd.clone(),
+        memory_mib: launch.memory_mib,
+        vcpus: launch.vcpus,
+        hostname: launch.hostname.clone(),
+    };
+    let mut prepared = PreparedSandbox::new(&options)?;
+    let cache = husk_storage::Cache::new(&launch.cache);
+    let rootfs = storage::prepare(&cache, &launch.rootfs, &prepared.capabilities())?;
+    check()?;
+    if let Some(drive) = rootfs.drive {
+        prepared.add_drive(drive)?;
+    }
+    let sandbox = prepared.start()?;
+    check()?;
+    let agent = sandbox.agent();
+    let streams = Streams::open(agent, &launch.id, None, launch.stdio)?;
+    let pid = agent.create_container(CreateContainer {
+        container_id: launch.id.clone(),
+        spec: launch.spec.clone(),
+        rootfs: rootfs.for_agent,
+        stdio: launch.stdio,
+    })?;
+    check()?;
+    let relay = Relay::start(streams, host).map_err(ContainerError::Stdio)?;
+    let _lock = root.lock(&launch.id)?;
+    let mut state = root.load(&launch.id)?;
+    state.status = Status::Created;
+    state.sandbox_process = ProcessRef::current();
+    state.backend_pids = sandbox.backend_pids();
+    state.agent = Some(sandbox.agent_address()?);
+    state.agent_pid = Some(pid);
+    root.save(&state)?;
+    Ok(Held {
+        id: launch.id.clone(),
+        sandbox,
+        relay,
+    })
+}
+
+/// The state a launch starts with, before its sandbox exists.
+pub fn initial_state(launch: &Launch) -> ContainerState {
+    ContainerState {
+        id: launch.id.clone(),
+        status: Status::Creating,
+        bundle: launch.bundle.clone(),
+        rootfs: launch.rootfs.path().to_owned(),
+        created: crate::state::now_rfc3339(),
+        annotations: launch.annotations.clone(),
+        hypervisor: launch.hypervisor,
+        sandbox_process: None,
+        backend_pids: Vec::new(),
+        agent: None,
+        agent_pid: None,
+        exit_code: None,
+    }
+}
+
+impl Held {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
+    /// Step 4: waits for the container's process to exit, records it and stops the
+    /// sandbox. Returns the shell-style exit code.
+    pub fn wait(self, root: &StateRoot) -> Result<i32, ContainerError> {
+        let Held { id, sandbox, relay } = self;
+        let waited = sandbox.agent().wait(&id, None);
+        let code = match &waited {
+            Ok(exit) => exit.status.shell_code(),
+            // The agent is gone (the VM died, or the host agent was killed): the
+            // container went with it.
+            Err(e) => {
+                log::warn!("container {id}: lost its sandbox: {e}");
+                128 + libc::SIGKILL
+            }
+        };
+        relay.finish(DRAIN_PATIENCE);
+        let recorded = root.lock(&id).and_then(|_lock| {
+            let mut state = root.load(&id)?;
+            state.status = Status::Stopped;
+            state.exit_code = Some(code);
+            root.save(&state)
+        });
+        sandbox.stop()?;
+        recorded?;
+        Ok(code)
+    }
+}

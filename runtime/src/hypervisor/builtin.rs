@@ -1,0 +1,217 @@
+//! The builtin backend: the in-process VMM (`husk-vmm`) boots the guest kernel with the
+//! agent as its init, and the agent is reached over the VMM's hybrid vsock socket, which
+//! later `husk` commands can use as well.
+//!
+//! The VM runs on a thread of this process ("husk-vmm", which starts the vCPU threads);
+//! the sandbox lives exactly as long as the process holding it.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use husk_vmm::{
+    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
+    VsockConfig, DEFAULT_CMDLINE,
+};
+
+use super::{connect_agent, AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
+
+/// How long the guest may take to boot to a serving agent. Generous: in the nested lab
+/// (a software CPU) a boot takes about ten seconds, and several may run at once.
+const BOOT_PATIENCE: Duration = Duration::from_secs(180);
+
+/// The guest's vsock context id; each VM has its own device, so every one can use 3.
+const GUEST_CID: u64 = 3;
+
+pub struct BuiltinConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub memory_mib: u64,
+    pub vcpus: u8,
+    /// The sandbox's own directory: the vsock socket and the guest console's log.
+    pub dir: PathBuf,
+    pub kvm_device: PathBuf,
+}
+
+struct Running {
+    stop: StopHandle,
+    thread: JoinHandle<()>,
+}
+
+pub struct BuiltinBackend {
+    config: BuiltinConfig,
+    drives: Vec<DriveConfig>,
+    running: Option<Running>,
+}
+
+impl BuiltinBackend {
+    pub fn new(config: BuiltinConfig) -> BuiltinBackend {
+        BuiltinBackend {
+            config,
+            drives: Vec::new(),
+            running: None,
+        }
+    }
+
+    fn uds(&self) -> PathBuf {
+        self.config.dir.join("vsock.sock")
+    }
+
+    /// The guest console's log.
+    pub fn console_log(&self) -> PathBuf {
+        self.config.dir.join("console.log")
+    }
+
+    fn vmm_config(&self) -> VmmConfig {
+        VmmConfig {
+            memory: MemoryConfig {
+                size_mib: self.config.memory_mib,
+            },
+            vcpus: VcpuConfig {
+                count: self.config.vcpus,
+            },
+            kernel: KernelConfig {
+                path: self.config.kernel.clone(),
+                initrd: Some(self.config.initrd.clone()),
+                cmdline: DEFAULT_CMDLINE.to_owned(),
+            },
+            console: ConsoleConfig::File(self.console_log()),
+            drives: self.drives.clone(),
+            vsock: Some(VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: self.uds(),
+            }),
+            kvm_device: self.config.kvm_device.clone(),
+            start_time: Instant::now(),
+        }
+    }
+}
+
+impl Hypervisor for BuiltinBackend {
+    fn kind(&self) -> Kind {
+        Kind::Builtin
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolated_by_vm: true,
+            rootfs_as_block_device: true,
+        }
+    }
+
+    fn start(&mut self) -> Result<(), HypervisorError> {
+        if self.running.is_some() {
+            return Ok(());
+        }
+        let dir = &self.config.dir;
+        std::fs::create_dir_all(dir).map_err(|source| HypervisorError::Directory {
+            path: dir.clone(),
+            source,
+        })?;
+        let config = self.vmm_config();
+        let ended: Arc<Mutex<Option<String>>> = Arc::default();
+        let (built_tx, built_rx) = mpsc::channel();
+        let ended_by_thread = ended.clone();
+        // The VM is built on its own thread and runs there: nothing of it has to cross
+        // threads but the stop handle.
+        let thread = std::thread::Builder::new()
+            .name("husk-vmm".into())
+            .spawn(move || {
+                let vmm = match Vmm::new(config) {
+                    Ok(vmm) => vmm,
+                    Err(e) => {
+                        let _ = built_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = built_tx.send(Ok(vmm.stop_handle()));
+                let how = match vmm.run() {
+                    Ok(exit) => format!("the VM ended: {}", exit.reason),
+                    Err(e) => format!("the VM failed: {e}"),
+                };
+                log::debug!("{how}");
+                *ended_by_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(how);
+            })
+            .map_err(HypervisorError::Start)?;
+        let stop = match built_rx.recv() {
+            Ok(Ok(stop)) => stop,
+            Ok(Err(message)) => {
+                let _ = thread.join();
+                return Err(HypervisorError::Start(std::io::Error::other(message)));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(HypervisorError::Start(std::io::Error::other(
+                    "the VMM thread ended before the VM was built",
+                )));
+            }
+        };
+        let console = self.console_log();
+        self.running = Some(Running { stop, thread });
+        let answered = connect_agent(
+            AgentAddress::hybrid_vsock(self.uds()).connector(),
+            BOOT_PATIENCE,
+            || {
+                let how = ended.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+                Some(format!("{how}; guest console: {}", last_line(&console)))
+            },
+        );
+        if answered.is_err() {
+            let _ = self.stop();
+        }
+        answered.map(|_| ())
+    }
+
+    fn add_drive(&mut self, drive: DriveConfig) -> Result<(), HypervisorError> {
+        if self.running.is_some() {
+            return Err(HypervisorError::Unsupported(
+                "drives can only be added before the VM starts (virtio-mmio has no hotplug)".into(),
+            ));
+        }
+        self.drives.push(drive);
+        Ok(())
+    }
+
+    fn agent_address(&self) -> Result<AgentAddress, HypervisorError> {
+        if self.running.is_none() {
+            return Err(HypervisorError::NotRunning);
+        }
+        Ok(AgentAddress::hybrid_vsock(self.uds()))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        // The VM is this process.
+        self.running.iter().map(|_| std::process::id()).collect()
+    }
+
+    fn stop(&mut self) -> Result<(), HypervisorError> {
+        if let Some(running) = self.running.take() {
+            running.stop.stop();
+            let _ = running.thread.join();
+        }
+        // The VMM leaves its sockets behind: `<uds>` and any `<uds>_<port>` listeners
+        // belong to callers, but the main one is ours.
+        let _ = std::fs::remove_file(self.uds());
+        Ok(())
+    }
+}
+
+impl Drop for BuiltinBackend {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+fn last_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "(empty)".into())
+}

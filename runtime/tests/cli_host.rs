@@ -1,0 +1,590 @@
+//! The `husk` command line end to end with the host backend (layer 4): `husk run`, the
+//! runc-style lifecycle, the image cache, bad input, and what is left after crashes.
+//! Real containers, as root; every husk command runs with a private state root, cache
+//! and configuration file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use husk_tests::process::{processes_with, run_with_timeout, Run};
+use husk_tests::rootfs::{build_busybox_tree, busybox_bundle};
+use husk_tests::{scratch_dir, ScratchDir};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A private husk installation: configuration, state root and cache in a scratch dir.
+struct Husk {
+    dir: ScratchDir,
+}
+
+impl Husk {
+    fn new(name: &str) -> Husk {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "the host backend creates containers and must run as root"
+        );
+        let dir = scratch_dir(name).expect("scratch");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "hypervisor = \"host\"\nroot = \"{}\"\ncache = \"{}\"\n",
+                dir.join("state").display(),
+                dir.join("cache").display()
+            ),
+        )
+        .expect("config");
+        Husk { dir }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = husk_tests::husk::husk_command().expect("husk binary");
+        cmd.env("HUSK_CONFIG", self.dir.join("config.toml"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_with_timeout(&mut cmd, TIMEOUT).expect("husk ran")
+    }
+
+    /// Runs and expects success.
+    fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.code(), Some(0), "{}", run.describe());
+        run
+    }
+
+    /// Runs and expects failure with one error line containing `needle`.
+    fn fails(&self, args: &[&str], needle: &str) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.code(), Some(1), "{}", run.describe());
+        assert!(
+            run.error_lines().iter().any(|l| l.contains(needle)),
+            "expected an error about {needle:?}\n{}",
+            run.describe()
+        );
+        run
+    }
+
+    /// A bundle whose process runs `args`, with its own copy of the busybox tree.
+    fn bundle(&self, name: &str, args: &[&str]) -> PathBuf {
+        let bundle = self.dir.join(name);
+        busybox_bundle(&bundle, args).expect("bundle");
+        bundle
+    }
+
+    fn state(&self, id: &str) -> serde_json::Value {
+        let run = self.ok(&["state", id]);
+        serde_json::from_str(&run.stdout).expect("state is JSON")
+    }
+
+    /// Polls `husk state` until the container reports `status`.
+    fn wait_for_status(&self, id: &str, status: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.state(id)["status"] != status {
+            assert!(Instant::now() < deadline, "{id} never became {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `husk create` with stdout and stderr to files in the scratch dir (the sandbox
+    /// process keeps them open for the container).
+    fn create(&self, id: &str, bundle: &Path) {
+        let out = std::fs::File::create(self.dir.join(format!("{id}.out"))).expect("out");
+        let err = std::fs::File::create(self.dir.join(format!("{id}.err"))).expect("err");
+        let status = self
+            .command()
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .status()
+            .expect("husk create ran");
+        let errors =
+            std::fs::read_to_string(self.dir.join(format!("{id}.err"))).unwrap_or_default();
+        assert!(status.success(), "husk create {id}: {status}\n{errors}");
+    }
+
+    fn output_of(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{id}.out"))).unwrap_or_default()
+    }
+
+    /// Asserts nothing of the container is left: no process naming it, no mount under
+    /// the scratch dir, no state.
+    fn assert_no_residue(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let needle = self.dir.join("state").join(id);
+        let needle = needle.to_string_lossy();
+        loop {
+            let left = processes_with(&needle);
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "processes left: {left:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let scratch = self.dir.path().to_string_lossy().into_owned();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&scratch)).collect();
+        assert!(left.is_empty(), "mounts left: {left:#?}");
+        assert!(
+            !self.dir.join("state").join(id).exists(),
+            "state of {id} left"
+        );
+    }
+}
+
+#[test]
+fn run_passes_output_and_exit_codes_through() {
+    let husk = Husk::new("cli-run");
+    let rootfs = husk.dir.join("rootfs");
+    build_busybox_tree(&rootfs).expect("rootfs");
+    let rootfs = rootfs.to_str().expect("utf-8");
+
+    let run = husk.ok(&["run", "--rootfs", rootfs, "--", "echo", "hello"]);
+    assert_eq!(run.stdout, "hello\n", "{}", run.describe());
+    assert!(
+        run.stderr.contains("no VM and no hardware isolation"),
+        "the host backend is announced\n{}",
+        run.describe()
+    );
+
+    let run = husk.run(&[
+        "run",
+        "--rootfs",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo err >&2; exit 7",
+    ]);
+    assert_eq!(run.code(), Some(7), "{}", run.describe());
+    assert!(run.stderr.contains("err\n"), "{}", run.describe());
+
+    // The container's first process is PID 1 of its namespace, which no signal from
+    // inside can kill; a child killed by a signal is reported the shell's way.
+    let run = husk.run(&[
+        "run",
+        "--rootfs",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        "sh -c 'kill -9 $$'; exit $?",
+    ]);
+    assert_eq!(run.code(), Some(128 + 9), "{}", run.describe());
+
+    // -i: stdin reaches the container, and its end of file too.
+    let mut cmd = husk.command();
+    cmd.args([
+        "run",
+        "-i",
+        "--rootfs",
+        rootfs,
+        "-e",
+        "GREETING=hi",
+        "--",
+        "sh",
+        "-c",
+    ])
+    .arg("echo $GREETING; cat")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("husk run -i");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"from stdin\n").expect("write");
+    }
+    let output = child.wait_with_output().expect("husk run -i finished");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "hi\nfrom stdin\n");
+
+    // Writes to a --rootfs directory go to an overlay: the directory is unchanged.
+    husk.ok(&[
+        "run",
+        "--rootfs",
+        rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo x > /written; rm /bin/ls",
+    ]);
+    assert!(!Path::new(rootfs).join("written").exists());
+    assert!(Path::new(rootfs).join("bin/ls").exists());
+
+    // Nothing is left after runs.
+    husk.ok(&["list", "-q"])
+        .stdout
+        .is_empty()
+        .then_some(())
+        .expect("no containers");
+}
+
+#[test]
+fn the_runc_lifecycle_and_its_wrong_states() {
+    let husk = Husk::new("cli-lifecycle");
+    let bundle = husk.bundle("bundle", &["sh", "-c", "echo started; exec sleep 1000"]);
+    husk.create("box", &bundle);
+    let state = husk.state("box");
+    assert_eq!(state["status"], "created", "{state}");
+    assert_eq!(state["bundle"], bundle.to_str().expect("utf-8"));
+    assert!(state["pid"].as_i64().is_some_and(|p| p > 0), "{state}");
+    assert!(husk.ok(&["list"]).stdout.contains("box"));
+    husk.fails(&["exec", "box", "true"], "created");
+
+    husk.ok(&["start", "box"]);
+    assert_eq!(husk.state("box")["status"], "running");
+    husk.fails(&["start", "box"], "running");
+    husk.fails(&["delete", "box"], "running");
+    husk.fails(
+        &["create", "--bundle", bundle.to_str().expect("utf-8"), "box"],
+        "already exists",
+    );
+
+    let ps = husk.ok(&["ps", "--format", "json", "box"]);
+    let pids: Vec<i32> = serde_json::from_str(&ps.stdout).expect("pids");
+    assert!(!pids.is_empty(), "{}", ps.describe());
+
+    let exec = husk.ok(&["exec", "box", "sh", "-c", "echo in the container"]);
+    assert_eq!(exec.stdout, "in the container\n");
+    let exec = husk.run(&["exec", "box", "sh", "-c", "exit 4"]);
+    assert_eq!(exec.code(), Some(4), "{}", exec.describe());
+
+    // PID 1 of the container ignores TERM (no handler); KILL from outside ends it.
+    husk.ok(&["kill", "box", "KILL"]);
+    husk.wait_for_status("box", "stopped");
+    assert_eq!(husk.state("box")["exitCode"], 128 + 9);
+    assert_eq!(husk.output_of("box"), "started\n");
+    husk.fails(&["start", "box"], "stopped");
+    husk.fails(&["kill", "box"], "stopped");
+    husk.ok(&["delete", "box"]);
+    husk.fails(&["state", "box"], "does not exist");
+    husk.assert_no_residue("box");
+}
+
+#[test]
+fn two_sandboxes_at_once() {
+    let husk = Husk::new("cli-two");
+    let bundle_a = husk.bundle("a", &["sleep", "1000"]);
+    let bundle_b = husk.bundle("b", &["sleep", "1000"]);
+    husk.create("one", &bundle_a);
+    husk.create("two", &bundle_b);
+    husk.ok(&["start", "one"]);
+    husk.ok(&["start", "two"]);
+    husk.ok(&["exec", "one", "sh", "-c", "echo one > /mark"]);
+    // Separate sandboxes: the second does not see the first's file.
+    let run = husk.run(&["exec", "two", "cat", "/mark"]);
+    assert_ne!(run.code(), Some(0), "{}", run.describe());
+    assert!(
+        bundle_a.join("rootfs/mark").exists(),
+        "bundle writes land in the bundle"
+    );
+    let list = husk.ok(&["list", "--format", "json"]);
+    let all: serde_json::Value = serde_json::from_str(&list.stdout).expect("json");
+    assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+    husk.ok(&["delete", "--force", "one"]);
+    husk.ok(&["delete", "--force", "two"]);
+    husk.assert_no_residue("one");
+    husk.assert_no_residue("two");
+}
+
+#[test]
+fn a_killed_sandbox_process_is_cleaned_up_by_delete_force() {
+    let husk = Husk::new("cli-kill9");
+    let bundle = husk.bundle("bundle", &["sleep", "1000"]);
+    husk.create("victim", &bundle);
+    husk.ok(&["start", "victim"]);
+    let pid = husk.state("victim")["pid"].as_i64().expect("pid") as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill -9");
+    // The next commands notice, and never hang.
+    husk.wait_for_status("victim", "stopped");
+    husk.fails(&["start", "victim"], "stopped");
+    husk.fails(&["exec", "victim", "true"], "stopped");
+    husk.ok(&["delete", "--force", "victim"]);
+    husk.assert_no_residue("victim");
+    // --force on what is gone is fine, as with runc.
+    husk.ok(&["delete", "--force", "victim"]);
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_changes_nothing() {
+    let husk = Husk::new("cli-bad");
+    let empty = husk.dir.join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let empty_str = empty.to_str().expect("utf-8");
+    husk.fails(
+        &["create", "--bundle", empty_str, "x"],
+        "has no config.json",
+    );
+
+    std::fs::write(empty.join("config.json"), "{ not json").expect("write");
+    husk.fails(&["create", "--bundle", empty_str, "x"], "config.json");
+
+    let bundle = husk.bundle("wrong", &["true"]);
+    let text = std::fs::read_to_string(bundle.join("config.json")).expect("read");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    json["process"]["user"]["uid"] = "root".into();
+    std::fs::write(bundle.join("config.json"), json.to_string()).expect("write");
+    husk.fails(
+        &["create", "--bundle", bundle.to_str().expect("utf-8"), "x"],
+        "process.user.uid",
+    );
+
+    let bundle = husk.bundle("norootfs", &["true"]);
+    std::fs::remove_dir_all(bundle.join("rootfs")).expect("rm");
+    husk.fails(
+        &["create", "--bundle", bundle.to_str().expect("utf-8"), "x"],
+        "is not a directory",
+    );
+    husk.fails(
+        &["run", "--rootfs", "/nonexistent", "--", "true"],
+        "is not a directory",
+    );
+
+    husk.fails(
+        &[
+            "create",
+            "--bundle",
+            bundle.to_str().expect("utf-8"),
+            "../x",
+        ],
+        "not valid",
+    );
+    husk.fails(&["start", "nobody"], "does not exist");
+    husk.fails(&["delete", "nobody"], "does not exist");
+    husk.fails(&["kill", "nobody", "NOSUCHSIG"], "unknown signal");
+    husk.fails(
+        &["run", "--image", "/nonexistent.tar", "--", "true"],
+        "nonexistent",
+    );
+    husk.fails(&["run", "--env", "novalue", "--", "true"], "KEY=VALUE");
+    assert!(husk.ok(&["list", "-q"]).stdout.is_empty());
+
+    // The configuration: an unknown key is named.
+    std::fs::write(
+        husk.dir.join("config.toml"),
+        "hypervisor = \"host\"\nmemroy_mib = 1\n",
+    )
+    .expect("write");
+    husk.fails(&["list"], "memroy_mib");
+    std::fs::write(husk.dir.join("config.toml"), "").expect("write");
+    let run = husk
+        .command()
+        .args(["--root"])
+        .arg(husk.dir.join("state"))
+        .args(["run", "--rootfs", empty_str, "--", "true"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if husk_vmm::kvm_flavour() != husk_vmm::KvmFlavour::Hardware {
+        assert!(
+            stderr.contains("--hypervisor host"),
+            "without hardware KVM and without a choice, husk says how to choose: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_interrupted_run_leaves_nothing() {
+    let husk = Husk::new("cli-sigint");
+    let rootfs = husk.dir.join("rootfs");
+    build_busybox_tree(&rootfs).expect("rootfs");
+    // Interrupt at several points of the start, and once while the container runs.
+    for delay_ms in [0u64, 5, 20, 50, 100, 300] {
+        let id = format!("int{delay_ms}");
+        let mut child = husk
+            .command()
+            .args(["run", "--name", &id, "--rootfs"])
+            .arg(&rootfs)
+            // PID 1 of the container: it needs a handler to die of SIGINT.
+            .args(["--", "sh", "-c", "trap 'exit 130' INT; sleep 1000 & wait"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("husk run");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        let deadline = Instant::now() + TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "husk run ignored SIGINT after {delay_ms} ms"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            !status.success(),
+            "interrupted after {delay_ms} ms: {status}"
+        );
+        husk.assert_no_residue(&id);
+    }
+}
+
+/// The busybox image as the set-up builds it, into `dir/images/busybox.tar`.
+fn busybox_image(dir: &Path) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
+    let out = Command::new(&script)
+        .env("HUSK_CACHE_DIR", dir)
+        .output()
+        .expect("build-busybox-image.sh ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("images/busybox.tar")
+}
+
+/// The entries of the cache's image directory.
+fn cached_images(husk: &Husk) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(husk.dir.join("cache/images"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn images_are_unpacked_once_and_never_written() {
+    let husk = Husk::new("cli-image");
+    let image = busybox_image(&husk.dir.join("source"));
+    let image = image.to_str().expect("utf-8");
+    let debug_run = |args: &[&str]| {
+        let mut cmd = husk.command();
+        cmd.env("HUSK_LOG", "debug").args(args);
+        run_with_timeout(&mut cmd, TIMEOUT).expect("husk ran")
+    };
+    let first = debug_run(&[
+        "run",
+        "--image",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /bin/new; echo $PATH",
+    ]);
+    assert_eq!(first.code(), Some(0), "{}", first.describe());
+    assert!(
+        first.stdout.starts_with("/usr/local/sbin"),
+        "the image's PATH\n{}",
+        first.describe()
+    );
+    assert!(
+        first.stderr.contains("image cache miss"),
+        "{}",
+        first.describe()
+    );
+    let entries = cached_images(&husk);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let rootfs = husk
+        .dir
+        .join("cache/images")
+        .join(&entries[0])
+        .join("rootfs");
+    assert!(
+        !rootfs.join("bin/new").exists(),
+        "a container wrote into the cached image"
+    );
+
+    let second = debug_run(&["run", "--image", image, "--", "cat", "/bin/new"]);
+    assert_ne!(
+        second.code(),
+        Some(0),
+        "a new container sees the old one's write\n{}",
+        second.describe()
+    );
+    assert!(
+        second.stderr.contains("image cache hit"),
+        "{}",
+        second.describe()
+    );
+    assert!(
+        !second.stderr.contains("image cache miss"),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(cached_images(&husk), entries);
+
+    // The default image is the set-up's: HUSK_CACHE_DIR/images/busybox.tar.
+    let mut cmd = husk.command();
+    cmd.env("HUSK_CACHE_DIR", husk.dir.join("source"))
+        .args(["run", "--", "echo", "default"]);
+    let run = run_with_timeout(&mut cmd, TIMEOUT).expect("husk ran");
+    assert_eq!(run.stdout, "default\n", "{}", run.describe());
+}
+
+#[test]
+fn a_damaged_image_is_refused_and_caches_nothing() {
+    let husk = Husk::new("cli-bad-image");
+    let image = busybox_image(&husk.dir.join("source"));
+    let layout = husk.dir.join("layout");
+    std::fs::create_dir_all(&layout).expect("dir");
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(&image)
+        .arg("-C")
+        .arg(&layout)
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    // The largest blob is the layer: flip its last byte.
+    let blobs = layout.join("blobs/sha256");
+    let layer = std::fs::read_dir(&blobs)
+        .expect("blobs")
+        .filter_map(Result::ok)
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .expect("a blob");
+    let digest = layer.file_name().to_string_lossy().into_owned();
+    let mut bytes = std::fs::read(layer.path()).expect("read");
+    if let Some(last) = bytes.last_mut() {
+        *last ^= 0xff;
+    }
+    std::fs::write(layer.path(), &bytes).expect("write");
+    husk.fails(
+        &[
+            "run",
+            "--image",
+            layout.to_str().expect("utf-8"),
+            "--",
+            "true",
+        ],
+        &digest,
+    );
+    std::fs::remove_file(layer.path()).expect("rm");
+    husk.fails(
+        &[
+            "run",
+            "--image",
+            layout.to_str().expect("utf-8"),
+            "--",
+            "true",
+        ],
+        &digest,
+    );
+    assert!(
+        cached_images(&husk).is_empty(),
+        "{:?}",
+        cached_images(&husk)
+    );
+    assert!(husk.ok(&["list", "-q"]).stdout.is_empty());
+}
