@@ -33,4 +33,7 @@ tests/lab/run.sh virtio
 step "layer 5: the agent suite with the agent as PID 1 of husk VMs (tests/lab/run.sh agent)"
 tests/lab/run.sh agent
 
+step "layer 5: husk run and the runc-style lifecycle with the builtin backend (tests/lab/run.sh runtime)"
+tests/lab/run.sh runtime
+
 step "all tests passed"

@@ -15,12 +15,19 @@
 #                                      same 256 MiB raw image, RUNS times each (default 3),
 #                                      interleaved; per workload median IOPS and MB/s and
 #                                      the ratio husk/QEMU
+#   tests/lab/run.sh --kvm-situation   prints "hardware", or why this host cannot boot a
+#                                      standard Linux guest (for scripts that choose)
 #   tests/lab/run.sh selftest          the lab itself: /dev/kvm and QEMU microvm booting the
 #                                      guest kernel with a busybox initramfs (and husk too)
 #   tests/lab/run.sh agent             the test: the agent suite (guest-agent/tests/
 #                                      agent_suite.rs) against the agent as PID 1 of the
 #                                      built guest under husk vmm, over vsock, one VM per
 #                                      test, cgroup v2 limits, OOM events and stats included
+#   tests/lab/run.sh runtime [RUNS]    the test: the husk command line with the builtin
+#                                      backend (husk run from the default image and from a
+#                                      bundle, the runc-style lifecycle, kill -9 of a sandbox
+#                                      then delete --force), then RUNS (default 3) husk run
+#                                      vs runc run of one bundle as FIGURE: lines
 #   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
 #                                      against husk's devices, with the device-test guest
 #                                      (tests/lab/guest); TESTs: blk fsync vsock (default:
@@ -82,6 +89,11 @@ kvm_situation() {
 }
 
 [ $# -ge 1 ] || usage
+# For scripts that choose between running directly and the lab.
+if [ "$1" = --kvm-situation ]; then
+    kvm_situation
+    exit 0
+fi
 GROUP=$1
 shift
 case "$GROUP" in
@@ -91,7 +103,7 @@ case "$GROUP" in
             case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
         done
         ;;
-    bench-boot | bench-blk)
+    bench-boot | bench-blk | runtime)
         RUNS=${1:-3}
         if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
         if [ "$GROUP" = bench-blk ]; then
@@ -243,6 +255,25 @@ INIT
         FILES+=("$suite" "$husk" "$GUEST_KERNEL" "$GUEST_INITRD" "$mkfs")
         ENVS+=("AGENT_SUITE=$suite" "HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
             "GUEST_INITRD=$GUEST_INITRD" "MKFS_EXT4=$mkfs")
+        ;;
+    runtime)
+        scenario=$HERE/scenarios/runtime.sh
+        need_guest
+        apt_install e2fsprogs busybox-static runc
+        mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) ||
+            die "mkfs.ext4 is not installed (e2fsprogs)"
+        HUSK_CACHE_DIR=$CACHE_DIR "$REPO/resources/build-busybox-image.sh" >&2 ||
+            die "resources/build-busybox-image.sh failed"
+        husk=$(husk_binary)
+        FILES+=("$husk" "$GUEST_KERNEL" "$GUEST_INITRD" "$mkfs" /bin/busybox
+            "$CACHE_DIR/images/busybox.tar")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL" "GUEST_INITRD=$GUEST_INITRD"
+            "MKFS_EXT4=$mkfs" "BUSYBOX=/bin/busybox" "BUSYBOX_IMAGE=$CACHE_DIR/images/busybox.tar"
+            "RUNS=$RUNS")
+        if runc=$(command -v runc); then
+            FILES+=("$runc")
+            ENVS+=("RUNC=$runc")
+        fi
         ;;
     virtio)
         scenario=$HERE/scenarios/virtio.sh
