@@ -80,7 +80,8 @@ impl Config {
             let message = e.message().trim().to_owned();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let before = &text.as_bytes()[..span.start.min(text.len())];
+                    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
                     format!("line {line}: {message}")
                 }
                 None => message,

@@ -42,6 +42,8 @@ pub enum ContainerError {
     Stdio(std::io::Error),
     /// interrupted
     Interrupted,
+    /// container {id}: its launch settings: {message}
+    Launch { id: String, message: String },
 }
 
 /// Everything the sandbox's holder needs to create the container. `husk create` writes
@@ -62,6 +64,33 @@ pub struct Launch {
     pub cache: PathBuf,
     pub stdio: StdioConfig,
     pub hostname: Option<String>,
+}
+
+impl Launch {
+    fn path(root: &StateRoot, id: &str) -> PathBuf {
+        root.dir(id).join("launch.json")
+    }
+
+    /// Writes the launch next to the container's state, for its sandbox process.
+    pub fn save(&self, root: &StateRoot) -> Result<(), ContainerError> {
+        let json = serde_json::to_vec(self).map_err(|e| ContainerError::Launch {
+            id: self.id.clone(),
+            message: e.to_string(),
+        })?;
+        std::fs::write(Launch::path(root, &self.id), json).map_err(|e| ContainerError::Launch {
+            id: self.id.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn load(root: &StateRoot, id: &str) -> Result<Launch, ContainerError> {
+        let bad = |message: String| ContainerError::Launch {
+            id: id.to_owned(),
+            message,
+        };
+        let json = std::fs::read(Launch::path(root, id)).map_err(|e| bad(e.to_string()))?;
+        serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))
+    }
 }
 
 /// A container created in its sandbox, held by this process.

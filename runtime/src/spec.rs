@@ -199,8 +199,8 @@ mod tests {
         assert!(err.starts_with("process.user.uid:"), "{err}");
         let err = parse(b"{").unwrap_err();
         assert!(err.contains("EOF"), "{err}");
-        let err = parse(b"{}").unwrap_err();
-        assert!(err.contains("ociVersion"), "{err}");
+        let err = parse(br#"{"ociVersion": "1.0.2", "mounts": [{"destination": 5}]}"#).unwrap_err();
+        assert!(err.starts_with("mounts[0].destination:"), "{err}");
     }
 
     #[test]

@@ -12,10 +12,14 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+use husk_protocol::StdioConfig;
+
 use crate::config::Config;
+use crate::container::Launch;
 use crate::hypervisor::Kind;
 use crate::logger::LogFormat;
 use crate::state::{StateRoot, DEFAULT_ROOT};
+use crate::storage::RootfsSource;
 
 #[derive(Parser)]
 #[command(name = "husk", version, about = "husk: containers in microVMs")]
@@ -119,6 +123,60 @@ impl Context {
             .clone()
             .unwrap_or_else(crate::guest::default_initrd)
     }
+
+    /// A launch of `spec` over `rootfs`, with the sandbox settings of the flags, else the
+    /// configuration, else the defaults.
+    pub fn launch(
+        &self,
+        id: &str,
+        bundle: PathBuf,
+        spec: &oci_spec::runtime::Spec,
+        rootfs: RootfsSource,
+        sandbox: &SandboxFlags,
+        stdio: StdioConfig,
+    ) -> Result<Launch, String> {
+        Ok(Launch {
+            id: id.to_owned(),
+            bundle,
+            spec: serde_json::to_value(spec).map_err(|e| e.to_string())?,
+            rootfs,
+            annotations: spec
+                .annotations()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            hypervisor: self.hypervisor(sandbox.hypervisor)?,
+            kernel: self.kernel(),
+            initrd: self.initrd(),
+            memory_mib: sandbox
+                .mem_mib
+                .or(self.config.memory_mib)
+                .unwrap_or(DEFAULT_MEMORY_MIB),
+            vcpus: sandbox.vcpus.or(self.config.vcpus).unwrap_or(1),
+            cache: self.cache(),
+            stdio,
+            hostname: spec.hostname().clone(),
+        })
+    }
+}
+
+/// Guest memory when neither the flag nor the configuration says.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// The sandbox's flags, shared by `run` and `create`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct SandboxFlags {
+    /// builtin (a microVM) or host (namespaces on this host, no VM) [default:
+    /// configuration, else builtin where the host has hardware KVM]
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<Kind>,
+    /// Guest memory in MiB [default: configuration, else 256]
+    #[arg(long)]
+    pub mem_mib: Option<u64>,
+    /// vCPUs [default: configuration, else 1]
+    #[arg(long)]
+    pub vcpus: Option<u8>,
 }
 
 pub fn main(start: Instant) -> ExitCode {
@@ -158,19 +216,16 @@ pub fn main(start: Instant) -> ExitCode {
     let result = match cli.command {
         Command::Vmm(args) => vmm::run(*args, start),
         Command::Info => info::run(),
-        command => context().and_then(|context| match command {
-            Command::Run(args) => run::run(&context, *args),
-            Command::Create(args) => oci::create(&context, args),
-            Command::Start(args) => oci::start(&context, args),
-            Command::State(args) => oci::state(&context, args),
-            Command::Kill(args) => oci::kill(&context, args),
-            Command::Delete(args) => oci::delete(&context, args),
-            Command::Exec(args) => oci::exec(&context, *args),
-            Command::List(args) => oci::list(&context, args),
-            Command::Ps(args) => oci::ps(&context, args),
-            Command::SandboxProcess(args) => oci::sandbox_process(&context, args),
-            Command::Vmm(_) | Command::Info => unreachable!("handled above"),
-        }),
+        Command::Run(args) => context().and_then(|c| run::run(&c, *args)),
+        Command::Create(args) => context().and_then(|c| oci::create(&c, args)),
+        Command::Start(args) => context().and_then(|c| oci::start(&c, args)),
+        Command::State(args) => context().and_then(|c| oci::state(&c, args)),
+        Command::Kill(args) => context().and_then(|c| oci::kill(&c, args)),
+        Command::Delete(args) => context().and_then(|c| oci::delete(&c, args)),
+        Command::Exec(args) => context().and_then(|c| oci::exec(&c, *args)),
+        Command::List(args) => context().and_then(|c| oci::list(&c, args)),
+        Command::Ps(args) => context().and_then(|c| oci::ps(&c, args)),
+        Command::SandboxProcess(args) => context().and_then(|c| oci::sandbox_process(&c, args)),
     };
     match result {
         Ok(code) => code,

@@ -20,11 +20,9 @@ use husk_protocol::{ExecProcess, StdioConfig};
 use std::os::unix::process::CommandExt;
 
 use super::foreground::SignalTarget;
-use super::run::DEFAULT_MEMORY_MIB;
-use super::Context;
+use super::{Context, SandboxFlags};
 use crate::agent::AgentClient;
 use crate::container::{self, Launch};
-use crate::hypervisor::Kind;
 use crate::spec;
 use crate::state::{ContainerState, StateError, StateRoot, Status};
 use crate::stdio::{HostStdio, RawTerminal, Relay, Streams};
@@ -50,16 +48,8 @@ pub struct CreateArgs {
     /// A Unix socket to receive the container terminal's master end (runc's protocol)
     #[arg(long)]
     console_socket: Option<PathBuf>,
-    /// builtin or host [default: configuration, else builtin where the host has
-    /// hardware KVM]
-    #[arg(long, value_enum)]
-    hypervisor: Option<Kind>,
-    /// Guest memory in MiB [default: configuration, else 256]
-    #[arg(long)]
-    mem_mib: Option<u64>,
-    /// vCPUs [default: configuration, else 1]
-    #[arg(long)]
-    vcpus: Option<u8>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
     /// The container's id
     id: String,
 }
@@ -160,41 +150,19 @@ pub fn create(context: &Context, args: CreateArgs) -> Result<ExitCode, String> {
                 .into(),
         });
     }
-    let hypervisor = context.hypervisor(args.hypervisor)?;
     // A terminal on stdin belongs to the caller's shell: the sandbox process, in a
     // process group of its own, must not read it (it would be stopped with SIGTTIN).
-    let stdin = !rustix::termios::isatty(std::io::stdin());
-    let launch = Launch {
-        id: args.id.clone(),
-        bundle,
-        spec: serde_json::to_value(&spec).map_err(text)?,
-        rootfs: RootfsSource::Directory {
-            path: rootfs,
-            shared: false,
-        },
-        annotations: spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect(),
-        hypervisor,
-        kernel: context.kernel(),
-        initrd: context.initrd(),
-        memory_mib: args
-            .mem_mib
-            .or(context.config.memory_mib)
-            .unwrap_or(DEFAULT_MEMORY_MIB),
-        vcpus: args.vcpus.or(context.config.vcpus).unwrap_or(1),
-        cache: context.cache(),
-        stdio: StdioConfig {
-            stdin,
-            stdout: true,
-            stderr: true,
-            terminal: false,
-        },
-        hostname: spec.hostname().clone(),
+    let stdio = StdioConfig {
+        stdin: !rustix::termios::isatty(std::io::stdin()),
+        stdout: true,
+        stderr: true,
+        terminal: false,
     };
+    let rootfs = RootfsSource::Directory {
+        path: rootfs,
+        shared: false,
+    };
+    let launch = context.launch(&args.id, bundle, &spec, rootfs, &args.sandbox, stdio)?;
     {
         let _claim = root.claim(&args.id).map_err(text)?;
         root.save(&container::initial_state(&launch))
@@ -269,23 +237,11 @@ fn spawn_sandbox_process(root: &StateRoot, id: &str) -> Result<i32, String> {
     let why = match word.trim() {
         "" => format!(
             "the sandbox process ended before the container was created: {}",
-            last_line(&log)
+            crate::hypervisor::last_log_line(&log)
         ),
         why => why.to_owned(),
     };
     Err(why)
-}
-
-fn last_line(path: &Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "(no log)".into())
 }
 
 fn write_pid_file(path: &Path, pid: i32) -> Result<(), String> {
@@ -307,10 +263,7 @@ pub fn sandbox_process(context: &Context, args: SandboxProcessArgs) -> Result<Ex
         .map_err(|e| format!("the ready pipe: {e}"))?;
     let mut ready = std::fs::File::from(ready);
     let root = &context.root;
-    let launch: Launch = std::fs::read(root.dir(&args.id).join("launch.json"))
-        .map_err(text)
-        .and_then(|json| serde_json::from_slice(&json).map_err(text))
-        .map_err(|e| format!("container {}: cannot read its launch: {e}", args.id))?;
+    let launch = Launch::load(root, &args.id).map_err(text)?;
     let created = HostStdio::inherited(launch.stdio.stdin)
         .map_err(text)
         .and_then(|host| {
@@ -567,10 +520,7 @@ fn exec_process(
     if args.command.is_empty() {
         return Err("no command to run: give one after the container id, or --process".into());
     }
-    let launch: Launch = std::fs::read(root.dir(&state.id).join("launch.json"))
-        .map_err(text)
-        .and_then(|json| serde_json::from_slice(&json).map_err(text))
-        .map_err(|e| format!("container {}: cannot read its spec: {e}", state.id))?;
+    let launch = Launch::load(root, &state.id).map_err(text)?;
     let mut spec: oci_spec::runtime::Spec = serde_json::from_value(launch.spec).map_err(text)?;
     spec::apply_overrides(
         &mut spec,

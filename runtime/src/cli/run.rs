@@ -1,7 +1,6 @@
 //! `husk run`: one container in a fresh sandbox, in the foreground: stdio streamed,
 //! signals forwarded, the container's exit status as husk's, nothing left behind.
 
-use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,16 +10,12 @@ use clap::Args;
 use husk_protocol::StdioConfig;
 
 use super::foreground::SignalTarget;
-use super::Context;
+use super::{Context, SandboxFlags};
 use crate::container::{self, Launch};
-use crate::hypervisor::Kind;
 use crate::spec::{self, ProcessOverrides};
 use crate::state::StateRoot;
 use crate::stdio::{HostStdio, RawTerminal};
 use crate::storage::{self, Cache, RootfsSource};
-
-/// Guest memory when neither the flag nor the configuration says.
-pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -44,22 +39,14 @@ pub struct RunArgs {
     /// Pass husk's stdin to the container
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Guest memory in MiB [default: configuration, else 256]
-    #[arg(long)]
-    mem_mib: Option<u64>,
-    /// vCPUs [default: configuration, else 1]
-    #[arg(long)]
-    vcpus: Option<u8>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
     /// An environment variable for the process, KEY=VALUE (repeatable)
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<String>,
     /// Run as UID[:GID]
     #[arg(short = 'u', long)]
     user: Option<String>,
-    /// builtin (a microVM) or host (namespaces on this host, no VM) [default:
-    /// configuration, else builtin where the host has hardware KVM]
-    #[arg(long, value_enum)]
-    hypervisor: Option<Kind>,
     /// The container's id [default: husk-run-<pid>]
     #[arg(long)]
     name: Option<String>,
@@ -81,11 +68,12 @@ pub fn default_image() -> PathBuf {
 }
 
 pub fn run(context: &Context, args: RunArgs) -> Result<ExitCode, String> {
-    let hypervisor = context.hypervisor(args.hypervisor)?;
+    // Checked first: a host that cannot boot the guest says so before any work.
+    context.hypervisor(args.sandbox.hypervisor)?;
     // From here on a Ctrl-C abandons the start cleanly instead of killing husk halfway.
     let target = SignalTarget::new(args.tty);
     let signals = target.forward()?;
-    let result = run_with(context, args, hypervisor, &target);
+    let result = run_with(context, args, &target);
     signals.close();
     result
 }
@@ -93,7 +81,6 @@ pub fn run(context: &Context, args: RunArgs) -> Result<ExitCode, String> {
 fn run_with(
     context: &Context,
     args: RunArgs,
-    hypervisor: Kind,
     target: &Arc<SignalTarget>,
 ) -> Result<ExitCode, String> {
     let id = args
@@ -155,34 +142,13 @@ fn run_with(
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    let launch = Launch {
-        id: id.clone(),
-        bundle,
-        spec: serde_json::to_value(&spec).map_err(|e| e.to_string())?,
-        rootfs: source,
-        annotations: spec
-            .annotations()
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-        hypervisor,
-        kernel: context.kernel(),
-        initrd: context.initrd(),
-        memory_mib: args
-            .mem_mib
-            .or(context.config.memory_mib)
-            .unwrap_or(DEFAULT_MEMORY_MIB),
-        vcpus: args.vcpus.or(context.config.vcpus).unwrap_or(1),
-        cache: context.cache(),
-        stdio: StdioConfig {
-            stdin: args.interactive,
-            stdout: true,
-            stderr: true,
-            terminal,
-        },
-        hostname: None,
+    let stdio = StdioConfig {
+        stdin: args.interactive,
+        stdout: true,
+        stderr: true,
+        terminal,
     };
+    let launch = context.launch(&id, bundle, &spec, source, &args.sandbox, stdio)?;
     if target.interrupt.load(std::sync::atomic::Ordering::SeqCst) {
         return Err("interrupted".into());
     }

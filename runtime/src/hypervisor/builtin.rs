@@ -155,7 +155,10 @@ impl Hypervisor for BuiltinBackend {
             BOOT_PATIENCE,
             || {
                 let how = ended.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-                Some(format!("{how}; guest console: {}", last_line(&console)))
+                Some(format!(
+                    "{how}; guest console: {}",
+                    super::last_log_line(&console)
+                ))
             },
         );
         if answered.is_err() {
@@ -202,16 +205,4 @@ impl Drop for BuiltinBackend {
     fn drop(&mut self) {
         let _ = self.stop();
     }
-}
-
-fn last_line(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "(empty)".into())
 }

@@ -172,9 +172,6 @@ impl Drop for HostBackend {
 /// How the agent process ended, with the last line of its log, if it has.
 fn ended(agent: &mut Child, log: &Path) -> Option<String> {
     let status = agent.try_wait().ok().flatten()?;
-    let last = std::fs::read_to_string(log)
-        .ok()
-        .and_then(|text| text.lines().last().map(str::to_owned))
-        .unwrap_or_default();
+    let last = super::last_log_line(log);
     Some(format!("the agent exited with {status}: {last}"))
 }

@@ -146,3 +146,17 @@ pub fn connect_agent(
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The last non-empty line of a log file (an agent's, a guest console's), for errors that
+/// say why a sandbox ended; "(empty)" when there is none.
+pub(crate) fn last_log_line(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "(empty)".into())
+}
