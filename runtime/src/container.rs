@@ -64,6 +64,9 @@ pub struct Launch {
     pub cache: PathBuf,
     pub stdio: StdioConfig,
     pub hostname: Option<String>,
+    /// runc's `--console-socket`: where the master of the container's terminal goes.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 impl Launch {

@@ -210,3 +210,91 @@ pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     let size = termios::tcgetwinsize(fd).ok()?;
     (size.ws_row > 0 && size.ws_col > 0).then_some((size.ws_row, size.ws_col))
 }
+
+/// A host pseudo-terminal for a container whose terminal another program owns (runc's
+/// `--console-socket`): its master goes to that program, and its slave is where the
+/// container's terminal stream is copied to and from.
+pub struct ConsolePty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+impl ConsolePty {
+    pub fn open() -> io::Result<ConsolePty> {
+        use rustix::pty::OpenptFlags;
+        let master =
+            rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let name = rustix::pty::ptsname(&master, Vec::new())?;
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        // The container's own terminal (in the sandbox) does the line discipline; this
+        // one only carries bytes.
+        let mut raw = termios::tcgetattr(&slave)?;
+        raw.make_raw();
+        termios::tcsetattr(&slave, OptionalActions::Now, &raw)?;
+        Ok(ConsolePty { master, slave })
+    }
+
+    /// Sends the master end over the Unix socket at `socket`, as runc does: one message
+    /// whose data is the terminal's name and whose SCM_RIGHTS holds the fd.
+    pub fn send_master(&self, socket: &std::path::Path) -> io::Result<()> {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("console socket {}: {e}", socket.display()),
+            )
+        })?;
+        let name = rustix::pty::ptsname(&self.master, Vec::new())?;
+        let fds = [self.master.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        rustix::net::sendmsg(
+            &stream,
+            &[io::IoSlice::new(name.as_bytes())],
+            &mut control,
+            SendFlags::empty(),
+        )?;
+        Ok(())
+    }
+
+    /// Husk's side of the copying: the slave, as the process's input and output.
+    pub fn host_stdio(&self) -> io::Result<HostStdio> {
+        Ok(HostStdio {
+            stdin: Some(self.slave.try_clone()?),
+            stdout: self.slave.try_clone()?,
+            stderr: self.slave.try_clone()?,
+        })
+    }
+}
+
+/// Follows the size of the terminal at `fd` (one whose owner resizes it without telling
+/// us, like a console socket's master): polls it and calls `resize` with each new size,
+/// until `resize` returns false.
+pub fn follow_terminal_size(
+    fd: OwnedFd,
+    mut resize: impl FnMut(u16, u16) -> bool + Send + 'static,
+) -> io::Result<()> {
+    spawn("resize", move || {
+        let mut last = None;
+        loop {
+            let size = terminal_size(fd.as_fd());
+            if size.is_some() && size != last {
+                last = size;
+                if let Some((rows, cols)) = size {
+                    if !resize(rows, cols) {
+                        return;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .map(|_| ())
+}

@@ -588,3 +588,163 @@ fn a_damaged_image_is_refused_and_caches_nothing() {
     );
     assert!(husk.ok(&["list", "-q"]).stdout.is_empty());
 }
+
+/// A pty for a test: the master to read and write, and the slave's path.
+fn test_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use rustix::pty::OpenptFlags;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    rustix::pty::grantpt(&master).expect("grantpt");
+    rustix::pty::unlockpt(&master).expect("unlockpt");
+    let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .expect("open the slave");
+    (master, slave)
+}
+
+/// Everything read from a pty master, gathered by a thread until the slave side closes.
+fn gather(master: &std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut file = std::fs::File::from(master.try_clone().expect("dup"));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut text = sink.lock().expect("lock");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+fn wait_for_text(text: &std::sync::Mutex<String>, needle: &str) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = text.lock().expect("lock").clone();
+        if now.contains(needle) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "never saw {needle:?} in {now:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A shell script for a terminal test: shows the terminal, waits until its size is 30x100,
+/// then echoes a line typed at it.
+const TERMINAL_SCRIPT: &str =
+    "[ -t 0 ] && [ -t 1 ] && echo on a terminal; i=0; while [ \"$(stty size)\" != '30 100' ] && [ $i -lt 100 ]; \
+                               do sleep 0.1; i=$((i+1)); done; echo size $(stty size); read l; \
+                               echo \"got $l\"";
+
+#[test]
+fn run_with_a_terminal() {
+    let husk = Husk::new("cli-tty");
+    let rootfs = husk.dir.join("rootfs");
+    build_busybox_tree(&rootfs).expect("rootfs");
+    let (master, slave) = test_pty();
+    let size = rustix::termios::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&master, size).expect("size");
+    let output = gather(&master);
+    let mut child = husk
+        .command()
+        .args(["run", "-t", "-i", "--rootfs"])
+        .arg(&rootfs)
+        .args(["--", "sh", "-c", TERMINAL_SCRIPT])
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave)
+        .spawn()
+        .expect("husk run -t");
+    wait_for_text(&output, "size 30 100");
+    rustix::io::write(&master, b"typed\n").expect("type");
+    let text = wait_for_text(&output, "got typed");
+    assert!(text.contains("on a terminal"), "{text:?}");
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status}: {text:?}");
+    // husk put its terminal back as it found it (raw mode clears ECHO).
+    let mode = rustix::termios::tcgetattr(&master).expect("tcgetattr");
+    assert!(
+        mode.local_modes.contains(rustix::termios::LocalModes::ECHO),
+        "husk left its terminal raw"
+    );
+}
+
+#[test]
+fn create_hands_the_terminal_to_the_console_socket() {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let husk = Husk::new("cli-console");
+    let bundle = husk.bundle("bundle", &["sh", "-c", TERMINAL_SCRIPT]);
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+    spec["process"]["terminal"] = true.into();
+    std::fs::write(&path, spec.to_string()).expect("write");
+    let bundle_str = bundle.to_str().expect("utf-8");
+
+    husk.fails(
+        &["create", "--bundle", bundle_str, "box"],
+        "--console-socket",
+    );
+    let socket = husk.dir.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let receiver = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().expect("accept");
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut name = [0u8; 64];
+        let received = rustix::net::recvmsg(
+            &stream,
+            &mut [std::io::IoSliceMut::new(&mut name)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .expect("recvmsg");
+        let name = String::from_utf8_lossy(&name[..received.bytes]).into_owned();
+        let fd = control
+            .drain()
+            .find_map(|m| match m {
+                RecvAncillaryMessage::ScmRights(mut fds) => fds.next(),
+                _ => None,
+            })
+            .expect("a terminal fd");
+        (name, fd)
+    });
+    husk.ok(&[
+        "create",
+        "--bundle",
+        bundle_str,
+        "--console-socket",
+        socket.to_str().expect("utf-8"),
+        "box",
+    ]);
+    let (name, master) = receiver.join().expect("receiver");
+    assert!(name.starts_with("/dev/pts/"), "{name}");
+    let size = rustix::termios::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&master, size).expect("size");
+    let output = gather(&master);
+    husk.ok(&["start", "box"]);
+    wait_for_text(&output, "size 30 100");
+    rustix::io::write(&master, b"typed\n").expect("type");
+    wait_for_text(&output, "got typed");
+    husk.wait_for_status("box", "stopped");
+    assert_eq!(husk.state("box")["exitCode"], 0);
+    husk.ok(&["delete", "box"]);
+    husk.assert_no_residue("box");
+}

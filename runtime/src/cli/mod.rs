@@ -157,6 +157,7 @@ impl Context {
             cache: self.cache(),
             stdio,
             hostname: spec.hostname().clone(),
+            console_socket: None,
         })
     }
 }

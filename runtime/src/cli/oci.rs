@@ -25,7 +25,7 @@ use crate::agent::AgentClient;
 use crate::container::{self, Launch};
 use crate::spec;
 use crate::state::{ContainerState, StateError, StateRoot, Status};
-use crate::stdio::{HostStdio, RawTerminal, Relay, Streams};
+use crate::stdio::{follow_terminal_size, ConsolePty, HostStdio, RawTerminal, Relay, Streams};
 use crate::storage::RootfsSource;
 
 /// How long `delete` waits for a killed sandbox's processes to be gone.
@@ -142,40 +142,53 @@ pub fn create(context: &Context, args: CreateArgs) -> Result<ExitCode, String> {
         .as_ref()
         .and_then(|p| p.terminal())
         .unwrap_or(false);
-    if terminal {
-        return Err(match args.console_socket {
-            None => "the process wants a terminal (process.terminal): give --console-socket".into(),
-            Some(_) => "--console-socket: handing out the container's terminal is not \
-                        supported yet; use husk run -t or husk exec -t"
-                .into(),
-        });
-    }
-    // A terminal on stdin belongs to the caller's shell: the sandbox process, in a
-    // process group of its own, must not read it (it would be stopped with SIGTTIN).
-    let stdio = StdioConfig {
-        stdin: !rustix::termios::isatty(std::io::stdin()),
-        stdout: true,
-        stderr: true,
-        terminal: false,
+    let console_socket = match (terminal, args.console_socket) {
+        (true, None) => {
+            return Err(
+                "the process wants a terminal (process.terminal): give --console-socket".into(),
+            )
+        }
+        (false, Some(_)) => {
+            return Err(
+                "--console-socket needs a process with a terminal (process.terminal)".into(),
+            )
+        }
+        (_, socket) => socket.map(std::path::absolute).transpose().map_err(text)?,
+    };
+    let stdio = match terminal {
+        true => StdioConfig {
+            terminal: true,
+            ..StdioConfig::default()
+        },
+        // A terminal on stdin belongs to the caller's shell: the sandbox process, in a
+        // process group of its own, must not read it (it would be stopped with SIGTTIN).
+        false => StdioConfig {
+            stdin: !rustix::termios::isatty(std::io::stdin()),
+            stdout: true,
+            stderr: true,
+            terminal: false,
+        },
     };
     let rootfs = RootfsSource::Directory {
         path: rootfs,
         shared: false,
     };
-    let launch = context.launch(&args.id, bundle, &spec, rootfs, &args.sandbox, stdio)?;
+    let mut launch = context.launch(&args.id, bundle, &spec, rootfs, &args.sandbox, stdio)?;
+    launch.console_socket = console_socket;
     {
         let _claim = root.claim(&args.id).map_err(text)?;
         root.save(&container::initial_state(&launch))
             .map_err(text)?;
-        let written = serde_json::to_vec(&launch).map_err(text).and_then(|json| {
-            std::fs::write(root.dir(&args.id).join("launch.json"), json).map_err(text)
-        });
+        let written = launch.save(root).map_err(text);
         if let Err(e) = written {
             let _ = root.remove(&args.id);
             return Err(e);
         }
     }
-    match spawn_sandbox_process(root, &args.id) {
+    // With a console socket the container's stdio is the terminal: the sandbox process
+    // keeps none of ours (a caller reading our output to its end would wait for ever).
+    let inherit = launch.console_socket.is_none();
+    match spawn_sandbox_process(root, &args.id, inherit) {
         Ok(pid) => {
             if let Some(path) = &args.pid_file {
                 write_pid_file(path, pid)?;
@@ -191,7 +204,7 @@ pub fn create(context: &Context, args: CreateArgs) -> Result<ExitCode, String> {
 
 /// Starts `husk sandbox-process` and waits for its word: the container is created, or
 /// why not.
-fn spawn_sandbox_process(root: &StateRoot, id: &str) -> Result<i32, String> {
+fn spawn_sandbox_process(root: &StateRoot, id: &str, inherit_stdio: bool) -> Result<i32, String> {
     let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| format!("cannot make a pipe: {e}"))?;
     // The child's end must survive exec: a duplicate without CLOEXEC.
@@ -218,10 +231,13 @@ fn spawn_sandbox_process(root: &StateRoot, id: &str) -> Result<i32, String> {
         .arg(child_end.as_raw_fd().to_string())
         // Out of the caller's process group: a Ctrl-C meant for the caller's shell
         // must not reach the sandbox.
-        .process_group(0)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit());
+        .process_group(0);
+    if !inherit_stdio {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
     let mut child = command
         .spawn()
         .map_err(|e| format!("cannot start the sandbox process: {e}"))?;
@@ -264,22 +280,51 @@ pub fn sandbox_process(context: &Context, args: SandboxProcessArgs) -> Result<Ex
     let mut ready = std::fs::File::from(ready);
     let root = &context.root;
     let launch = Launch::load(root, &args.id).map_err(text)?;
-    let created = HostStdio::inherited(launch.stdio.stdin)
+    // With a console socket the container's terminal is copied to a host pty whose
+    // master goes to the socket's owner; else the process's stdio is ours (create's).
+    let console = launch
+        .console_socket
+        .as_ref()
+        .map(|socket| {
+            let pty = ConsolePty::open()?;
+            pty.send_master(socket)?;
+            Ok::<_, std::io::Error>(pty)
+        })
+        .transpose();
+    let created = console
+        .and_then(|console| {
+            let host = match &console {
+                Some(pty) => pty.host_stdio()?,
+                None => HostStdio::inherited(launch.stdio.stdin)?,
+            };
+            Ok((console, host))
+        })
         .map_err(text)
-        .and_then(|host| {
+        .and_then(|(console, host)| {
             let never: container::Interrupt = Arc::new(AtomicBool::new(false));
-            container::create(&launch, root, host, &never).map_err(text)
+            let held = container::create(&launch, root, host, &never).map_err(text)?;
+            Ok((console, held))
         });
-    let held = match created {
+    let (console, held) = match created {
         Ok(held) => held,
         Err(e) => {
             let _ = writeln!(ready, "{e}");
             return Err(e);
         }
     };
+    if let Some(pty) = &console {
+        // The owner of the master sets the size; the container's terminal follows it.
+        let (agent, id) = (held.sandbox().agent().clone(), held.id().to_owned());
+        let slave = pty.slave.try_clone().map_err(text)?;
+        follow_terminal_size(slave, move |rows, cols| {
+            agent.resize_terminal(&id, None, rows, cols).is_ok()
+        })
+        .map_err(text)?;
+    }
     let _ = writeln!(ready, "ok");
     drop(ready);
     held.wait(root).map_err(text)?;
+    drop(console);
     Ok(ExitCode::SUCCESS)
 }
 
