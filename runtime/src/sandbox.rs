@@ -131,10 +131,6 @@ impl Sandbox {
         Ok(self.hypervisor.agent_address()?)
     }
 
-    pub fn kind(&self) -> Kind {
-        self.hypervisor.kind()
-    }
-
     /// The sandbox's host processes other than this one.
     pub fn backend_pids(&self) -> Vec<i32> {
         let me = std::process::id();

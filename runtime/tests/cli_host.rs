@@ -75,6 +75,13 @@ impl Husk {
         bundle
     }
 
+    /// A busybox tree of the test's own, for --rootfs.
+    fn rootfs(&self) -> PathBuf {
+        let rootfs = self.dir.join("rootfs");
+        build_busybox_tree(&rootfs).expect("rootfs");
+        rootfs
+    }
+
     fn state(&self, id: &str) -> serde_json::Value {
         let run = self.ok(&["state", id]);
         serde_json::from_str(&run.stdout).expect("state is JSON")
@@ -141,8 +148,7 @@ impl Husk {
 #[test]
 fn run_passes_output_and_exit_codes_through() {
     let husk = Husk::new("cli-run");
-    let rootfs = husk.dir.join("rootfs");
-    build_busybox_tree(&rootfs).expect("rootfs");
+    let rootfs = husk.rootfs();
     let rootfs = rootfs.to_str().expect("utf-8");
 
     let run = husk.ok(&["run", "--rootfs", rootfs, "--", "echo", "hello"]);
@@ -397,8 +403,7 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
 #[test]
 fn an_interrupted_run_leaves_nothing() {
     let husk = Husk::new("cli-sigint");
-    let rootfs = husk.dir.join("rootfs");
-    build_busybox_tree(&rootfs).expect("rootfs");
+    let rootfs = husk.rootfs();
     // Interrupt at several points of the start, and once while the container runs.
     for delay_ms in [0u64, 5, 20, 50, 100, 300] {
         let id = format!("int{delay_ms}");
@@ -646,8 +651,7 @@ const TERMINAL_SCRIPT: &str =
 #[test]
 fn run_with_a_terminal() {
     let husk = Husk::new("cli-tty");
-    let rootfs = husk.dir.join("rootfs");
-    build_busybox_tree(&rootfs).expect("rootfs");
+    let rootfs = husk.rootfs();
     let (master, slave) = test_pty();
     let size = rustix::termios::Winsize {
         ws_row: 30,
