@@ -752,3 +752,63 @@ fn create_hands_the_terminal_to_the_console_socket() {
     husk.ok(&["delete", "box"]);
     husk.assert_no_residue("box");
 }
+
+#[test]
+fn exec_with_a_terminal_and_errors_in_a_json_log() {
+    let husk = Husk::new("cli-exec-tty");
+    let bundle = husk.bundle("bundle", &["sleep", "1000"]);
+    husk.create("box", &bundle);
+    husk.ok(&["start", "box"]);
+    let (master, slave) = test_pty();
+    let size = rustix::termios::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&master, size).expect("size");
+    let output = gather(&master);
+    let mut child = husk
+        .command()
+        .args(["exec", "-t", "box", "sh", "-c", TERMINAL_SCRIPT])
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave)
+        .spawn()
+        .expect("husk exec -t");
+    wait_for_text(&output, "size 30 100");
+    rustix::io::write(&master, b"typed\n").expect("type");
+    let text = wait_for_text(&output, "got typed");
+    assert!(text.contains("on a terminal"), "{text:?}");
+    assert!(child.wait().expect("wait").success());
+
+    // runc's --log and --log-format json: one JSON object per line, errors included.
+    let log = husk.dir.join("husk.log");
+    let run = husk.run(&[
+        "--log",
+        log.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+        "kill",
+        "box",
+        "NOSIG",
+    ]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    assert!(run.stderr.contains("unknown signal"), "{}", run.describe());
+    let text = std::fs::read_to_string(&log).expect("log");
+    let entry: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("json");
+    assert_eq!(entry["level"], "error", "{entry}");
+    assert!(
+        entry["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown signal")),
+        "{entry}"
+    );
+    assert!(
+        entry["time"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{entry}"
+    );
+    husk.ok(&["delete", "--force", "box"]);
+    husk.assert_no_residue("box");
+}

@@ -198,6 +198,7 @@ pub fn main(start: Instant) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    let logs_to_file = cli.log.is_some();
     if let Err(e) = crate::logger::init(cli.log.as_deref(), cli.log_format) {
         eprintln!("husk: error: {e}");
         return ExitCode::from(EXIT_ERROR);
@@ -232,6 +233,10 @@ pub fn main(start: Instant) -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             log::error!("{message}");
+            // The log file is for the tool that drives husk; a person sees the error too.
+            if logs_to_file {
+                eprintln!("husk: error: {message}");
+            }
             ExitCode::from(EXIT_ERROR)
         }
     }
