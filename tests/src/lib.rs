@@ -6,7 +6,9 @@
 //! - [`husk`]: finds (and, under cargo, builds) the `husk` binary of the same profile and
 //!   runs `husk vmm` with a timeout.
 //! - [`process`]: runs any command with a timeout, capturing its output.
+//! - [`containerd`]: a private containerd for the end-to-end tests, driven with `ctr`.
 
+pub mod containerd;
 pub mod elf;
 pub mod guests;
 pub mod husk;

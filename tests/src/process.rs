@@ -141,23 +141,22 @@ pub fn console_lines(text: &str) -> Vec<&str> {
     text.lines().map(|l| l.trim_end_matches('\r')).collect()
 }
 
-/// The command lines (arguments joined by spaces) of this host's processes, as the
-/// caller's /proc shows them, that contain `needle`.
-pub fn processes_with(needle: &str) -> Vec<String> {
+/// The pids and command lines (arguments joined by spaces) of this host's processes, as
+/// the caller's /proc shows them, whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if !entry
+        let Some(pid) = entry
             .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
             continue;
-        }
+        };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains(needle) {
-            found.push(cmdline);
+            found.push((pid, cmdline));
         }
     }
     found
