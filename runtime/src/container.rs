@@ -188,19 +188,28 @@ impl Held {
     }
 
     /// Step 4: waits for the container's process to exit, records it and stops the
-    /// sandbox. Returns the shell-style exit code.
-    pub fn wait(self, root: &StateRoot) -> Result<i32, ContainerError> {
+    /// sandbox.
+    pub fn wait(self, root: &StateRoot) -> Result<Exit, ContainerError> {
         let Held { id, sandbox, relay } = self;
-        let waited = sandbox.agent().wait(&id, None);
-        let code = match &waited {
-            Ok(exit) => exit.status.shell_code(),
+        let exit = match sandbox.agent().wait(&id, None) {
+            Ok(exit) => Exit {
+                code: exit.status.shell_code(),
+                at_ns: exit.exited_at_ns,
+            },
             // The agent is gone (the VM died, or the host agent was killed): the
             // container went with it.
             Err(e) => {
                 log::warn!("container {id}: lost its sandbox: {e}");
-                128 + libc::SIGKILL
+                Exit {
+                    code: 128 + libc::SIGKILL,
+                    at_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or_default(),
+                }
             }
         };
+        let code = exit.code;
         relay.finish(DRAIN_PATIENCE);
         let recorded = root.lock(&id).and_then(|_lock| {
             let mut state = root.load(&id)?;
@@ -210,6 +219,44 @@ impl Held {
         });
         sandbox.stop()?;
         recorded?;
-        Ok(code)
+        Ok(exit)
     }
+}
+
+/// How a container's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// The shell's convention: the code, or 128 + the signal.
+    pub code: i32,
+    /// When, in nanoseconds since the Unix epoch (the sandbox's clock).
+    pub at_ns: u64,
+}
+
+/// How long a teardown waits for a killed sandbox's processes to be gone.
+const TEARDOWN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Ends whatever still runs of a container's sandbox: its holder (and with it the VM, or
+/// the host agent and its namespaces), then waits until every process of it is gone.
+pub fn teardown(state: &ContainerState) -> Result<(), String> {
+    let mut pids: Vec<i32> = state.backend_pids.clone();
+    if let Some(holder) = state.sandbox_process.filter(|p| p.is_alive()) {
+        if let Some(pid) = rustix::process::Pid::from_raw(holder.pid) {
+            // SIGKILL, not a request: this path must work whatever state the holder is in.
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        pids.push(holder.pid);
+    }
+    let deadline = std::time::Instant::now() + TEARDOWN_PATIENCE;
+    let running = |pid: &i32| ProcessRef::of(*pid).is_some();
+    while pids.iter().any(running) {
+        if std::time::Instant::now() >= deadline {
+            let left: Vec<i32> = pids.into_iter().filter(running).collect();
+            return Err(format!(
+                "container {}: its sandbox's processes {left:?} did not end within {:?}",
+                state.id, TEARDOWN_PATIENCE
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }

@@ -9,6 +9,7 @@ pub mod guest;
 pub mod hypervisor;
 mod logger;
 pub mod sandbox;
+pub mod shim;
 pub mod spec;
 pub mod state;
 pub mod stdio;

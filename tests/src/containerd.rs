@@ -26,6 +26,15 @@ impl Containerd {
     /// Starts containerd and waits until it answers. Its directory is under /tmp: the
     /// sockets' paths must stay short.
     pub fn start(name: &str) -> Result<Containerd, Error> {
+        Containerd::start_with_env(name, &[])
+    }
+
+    /// The same, with variables added to containerd's environment (which its shims
+    /// inherit: a PATH that finds a shim, a runtime's configuration).
+    pub fn start_with_env(
+        name: &str,
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Result<Containerd, Error> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let binary = which("containerd").ok_or_else(|| {
@@ -56,6 +65,7 @@ impl Containerd {
         let log = std::fs::File::create(dir.join("containerd.log"))
             .map_err(|e| Error(format!("containerd's log: {e}")))?;
         let child = Command::new(binary)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("--config")
             .arg(dir.join("config.toml"))
             .stdin(Stdio::null())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use husk_protocol::{ExecProcess, StdioConfig};
@@ -27,9 +27,6 @@ use crate::spec;
 use crate::state::{ContainerState, StateError, StateRoot, Status};
 use crate::stdio::{follow_terminal_size, ConsolePty, HostStdio, RawTerminal, Relay, Streams};
 use crate::storage::RootfsSource;
-
-/// How long `delete` waits for a killed sandbox's processes to be gone.
-const TEARDOWN_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 pub struct IdArgs {
@@ -451,7 +448,7 @@ pub fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode, String> {
                     "only a stopped container can be deleted (or use --force)",
                 ));
             }
-            teardown(&state)?;
+            container::teardown(&state)?;
         }
         // A state nobody can read can still be removed by force.
         Err(e @ StateError::Damaged { .. }) if !args.force => return Err(text(e)),
@@ -460,33 +457,6 @@ pub fn delete(context: &Context, args: DeleteArgs) -> Result<ExitCode, String> {
     drop(lock);
     root.remove(&args.id).map_err(text)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ends whatever still runs of a container's sandbox: its holder (and with it the VM, or
-/// the host agent and its namespaces), then waits until every process of it is gone.
-fn teardown(state: &ContainerState) -> Result<(), String> {
-    let mut pids: Vec<i32> = state.backend_pids.clone();
-    if let Some(holder) = state.sandbox_process.filter(|p| p.is_alive()) {
-        // SIGKILL, not a request: this path must work whatever state the holder is in.
-        let _ = rustix::process::kill_process(
-            rustix::process::Pid::from_raw(holder.pid).ok_or("pid 0")?,
-            rustix::process::Signal::KILL,
-        );
-        pids.push(holder.pid);
-    }
-    let deadline = Instant::now() + TEARDOWN_PATIENCE;
-    let running = |pid: &i32| crate::state::ProcessRef::of(*pid).is_some();
-    while pids.iter().any(running) {
-        if Instant::now() >= deadline {
-            let left: Vec<i32> = pids.into_iter().filter(running).collect();
-            return Err(format!(
-                "container {}: its sandbox's processes {left:?} did not end within {:?}",
-                state.id, TEARDOWN_PATIENCE
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
 }
 
 pub fn exec(context: &Context, args: ExecArgs) -> Result<ExitCode, String> {

@@ -202,7 +202,10 @@ fn run_held(
             let _ = root.save(&state);
         }
     }
-    let code = held.wait(root).map_err(|e| e.to_string());
+    let code = held
+        .wait(root)
+        .map(|exit| exit.code)
+        .map_err(|e| e.to_string());
     drop(raw);
     code
 }

@@ -88,6 +88,14 @@ impl Hypervisor for HostBackend {
             source,
         };
         std::fs::create_dir_all(dir).map_err(directory)?;
+        // A Unix socket path has room for 107 bytes; say so now, not after a timeout.
+        if self.socket().as_os_str().len() > 107 {
+            return Err(HypervisorError::Start(std::io::Error::other(format!(
+                "the agent's socket path {} is longer than a Unix socket allows (107 \
+                 bytes): use a shorter state root",
+                self.socket().display()
+            ))));
+        }
         let log = std::fs::File::create(dir.join("agent.log")).map_err(directory)?;
         let mut command = Command::new(&self.config.agent);
         let parent = std::process::id() as libc::pid_t;

@@ -1,0 +1,103 @@
+//! `containerd-shim-husk-v2`: husk as a containerd runtime (shim v2), on the
+//! `containerd-shim` crate's synchronous server.
+//!
+//! containerd runs the binary with `start` (we start the shim server and print its
+//! address), then talks to the server's Task service over ttrpc, and finally runs it with
+//! `delete` to clean up after a shim that is gone. The shim process holds the sandbox:
+//! with the builtin backend it is the VMM.
+//!
+//! This first version hosts one container per shim process (pods of several containers
+//! join one sandbox next); the Task service covers Create, Start, State, Wait, Kill, Pids,
+//! Delete, Connect and Shutdown, and publishes TaskCreate, TaskStart, TaskExit and
+//! TaskDelete.
+
+mod task;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim as shim;
+use shim::publisher::RemotePublisher;
+use shim::{Config, DeleteResponse, ExitSignal, Flags};
+
+use crate::cli::Context;
+use crate::state::StateRoot;
+
+/// The runtime's name in containerd (`--runtime io.containerd.husk.v2`).
+pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
+
+/// The shim's state root for a containerd namespace: beside the CLI's containers, in a
+/// directory whose name no container id can take.
+pub fn state_root(context_root: &std::path::Path, namespace: &str) -> PathBuf {
+    context_root.join(".containerd").join(namespace)
+}
+
+pub struct HuskShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+}
+
+fn shim_error(e: impl std::fmt::Display) -> shim::Error {
+    shim::Error::Other(e.to_string())
+}
+
+/// The configuration and state root, as the CLI reads them (containerd passes
+/// `HUSK_CONFIG` through its environment).
+fn context(namespace: &str) -> Result<Context, String> {
+    let config = crate::config::Config::load().map_err(|e| e.to_string())?;
+    let base = config
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::state::DEFAULT_ROOT));
+    Ok(Context {
+        root: StateRoot::new(state_root(&base, namespace)),
+        config,
+    })
+}
+
+impl shim::Shim for HuskShim {
+    type T = task::TaskService;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        HuskShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: shim::StartOpts) -> Result<String, shim::Error> {
+        let grouping = opts.id.clone();
+        let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        Ok(address)
+    }
+
+    /// After the shim process is gone: whatever is left of its container goes.
+    fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
+        let context = context(&self.namespace).map_err(shim_error)?;
+        task::remove_leftovers(&context, &self.id).map_err(shim_error)?;
+        let mut response = DeleteResponse::new();
+        response.exit_status = 128 + libc::SIGKILL as u32;
+        response.exited_at = Some(task::timestamp_now()).into();
+        Ok(response)
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        task::TaskService::new(
+            context(&self.namespace),
+            self.namespace.clone(),
+            self.exit.clone(),
+            publisher,
+        )
+    }
+}
+
+/// The binary's `main`.
+pub fn main() {
+    shim::run::<HuskShim>(RUNTIME_ID, None);
+}
