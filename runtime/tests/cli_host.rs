@@ -420,11 +420,18 @@ fn an_interrupted_run_leaves_nothing() {
             .expect("husk run");
         std::thread::sleep(Duration::from_millis(delay_ms));
         let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         let deadline = Instant::now() + TIMEOUT;
+        let mut next_signal = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 break status;
+            }
+            // Again every 100 ms: a SIGINT that reaches the container's PID 1 before its
+            // shell set the trap is ignored (as PID 1 ignores signals it has no handler
+            // for), and the next one ends it.
+            if Instant::now() >= next_signal {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+                next_signal = Instant::now() + Duration::from_millis(100);
             }
             assert!(
                 Instant::now() < deadline,
