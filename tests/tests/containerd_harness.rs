@@ -59,12 +59,12 @@ fn a_private_containerd_runs_the_busybox_image_with_runc_and_cleans_up() {
     assert_eq!(run.stdout, "hello\n", "{}", run.describe());
     // A container left running, for the clean-up to deal with.
     let run = containerd
-        .ctr(&["run", "-d", BUSYBOX_IMAGE, &second, "sleep", "1000"])
+        .ctr(&["run", "-d", BUSYBOX_IMAGE, &second, "sleep", "7391"])
         .expect("ctr run -d");
     assert_eq!(run.code(), Some(0), "{}", run.describe());
     drop(containerd);
     assert!(
-        processes_with("sleep 1000").is_empty(),
+        processes_with("sleep 7391").is_empty(),
         "the container's process is left"
     );
     assert!(
