@@ -11,6 +11,11 @@ use husk_tests::{scratch_dir, ScratchDir};
 
 const RUNTIME: &str = "io.containerd.husk.v2";
 
+/// The husk state root of a test: short (it holds sockets), and its own.
+fn state_root(name: &str) -> String {
+    format!("/tmp/husk-shim-state-{name}-{}", std::process::id())
+}
+
 /// containerd with husk's shim on its PATH and a private husk configuration.
 fn containerd_with_husk(name: &str) -> (Containerd, ScratchDir) {
     assert!(
@@ -29,12 +34,12 @@ fn containerd_with_husk(name: &str) -> (Containerd, ScratchDir) {
         String::from_utf8_lossy(&built.stderr)
     );
     // The state root holds sockets: a short path.
-    let state = PathBuf::from(format!("/tmp/husk-shim-state-{}", std::process::id()));
+    let state = state_root(name);
     std::fs::write(
         scratch.join("config.toml"),
         format!(
             "hypervisor = \"host\"\nroot = \"{}\"\ncache = \"{}\"\n",
-            state.display(),
+            state,
             scratch.join("cache").display()
         ),
     )
@@ -99,5 +104,72 @@ fn ctr_run_returns_output_and_the_exit_status() {
         processes_with(&state)
     );
     let _ = std::fs::remove_dir_all(&state);
+    drop(scratch);
+}
+
+#[test]
+fn exec_ps_and_kill_of_a_running_task() {
+    let (containerd, scratch) = containerd_with_husk("shim-exec");
+    let id = format!("shim-exec-{}", std::process::id());
+    let ok = |args: &[&str]| {
+        let run = containerd.ctr(args).expect("ctr");
+        assert_eq!(
+            run.code(),
+            Some(0),
+            "{}\n--- containerd ---\n{}",
+            run.describe(),
+            containerd.log()
+        );
+        run
+    };
+    ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        BUSYBOX_IMAGE,
+        &id,
+        "sleep",
+        "7392",
+    ]);
+    let exec = containerd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &id,
+            "sh",
+            "-c",
+            "echo inside; exit 4",
+        ])
+        .expect("ctr task exec");
+    assert_eq!(exec.code(), Some(4), "{}", exec.describe());
+    assert_eq!(exec.stdout, "inside\n", "{}", exec.describe());
+    let ps = ok(&["task", "ps", &id]);
+    assert!(
+        ps.stdout.lines().count() >= 2,
+        "a header and the sleep: {}",
+        ps.describe()
+    );
+    let tasks = ok(&["task", "ls"]);
+    assert!(tasks.stdout.contains("RUNNING"), "{}", tasks.describe());
+    ok(&["task", "kill", "--signal", "SIGKILL", &id]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok(&["task", "ls"]).stdout.contains("STOPPED") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never stopped"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ok(&["task", "delete", &id]);
+    ok(&["container", "rm", &id]);
+    assert!(
+        processes_with("sleep 7392").is_empty(),
+        "{:?}",
+        processes_with("sleep 7392")
+    );
+    let _ = std::fs::remove_dir_all(state_root("shim-exec"));
     drop(scratch);
 }

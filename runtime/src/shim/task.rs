@@ -9,9 +9,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim as shim;
-use husk_protocol::StdioConfig;
+use husk_protocol::{ExecProcess, StdioConfig};
 use shim::api;
-use shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+};
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::MessageDyn;
 use shim::protos::topics;
@@ -24,7 +26,7 @@ use crate::cli::{Context, SandboxFlags};
 use crate::container::{self, Launch};
 use crate::spec;
 use crate::state::Status as OciStatus;
-use crate::stdio::HostStdio;
+use crate::stdio::{HostStdio, Relay, Streams};
 use crate::storage::RootfsSource;
 
 /// Where a container's process is in its life.
@@ -35,19 +37,103 @@ enum Phase {
     Exited { status: u32, at_ns: u64 },
 }
 
-/// One container of this shim.
-struct Entry {
-    id: String,
-    bundle: PathBuf,
-    request: api::CreateTaskRequest,
-    agent: Arc<AgentClient>,
+/// containerd's FIFOs for one process (an empty path: none).
+#[derive(Debug, Clone, Default)]
+struct Fifos {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+}
+
+impl Fifos {
+    fn stdio_config(&self) -> StdioConfig {
+        StdioConfig {
+            stdin: !self.stdin.is_empty(),
+            stdout: !self.stdout.is_empty(),
+            stderr: !self.stderr.is_empty() && !self.terminal,
+            terminal: self.terminal,
+        }
+    }
+}
+
+/// A process of a container (its first, or an exec'd one) and where it is in its life.
+struct Process {
+    fifos: Fifos,
     phase: Mutex<Phase>,
     exited: Condvar,
 }
 
-impl Entry {
+impl Process {
+    fn new(fifos: Fifos) -> Process {
+        Process {
+            fifos,
+            phase: Mutex::new(Phase::Created),
+            exited: Condvar::new(),
+        }
+    }
+
     fn phase(&self) -> MutexGuard<'_, Phase> {
         self.phase.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exit(&self, status: u32, at_ns: u64) {
+        *self.phase() = Phase::Exited { status, at_ns };
+        self.exited.notify_all();
+    }
+
+    /// Blocks until the process has exited.
+    fn wait(&self) -> (u32, u64) {
+        let mut phase = self.phase();
+        loop {
+            if let Phase::Exited { status, at_ns } = *phase {
+                return (status, at_ns);
+            }
+            phase = self.exited.wait(phase).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// One container of this shim.
+struct Entry {
+    id: String,
+    bundle: PathBuf,
+    agent: Arc<AgentClient>,
+    init: Process,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl Entry {
+    fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<Process>>> {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The container's first process, or one exec'd into it.
+    fn process(&self, exec_id: &str) -> TtrpcResult<ProcessRef<'_>> {
+        if exec_id.is_empty() {
+            return Ok(ProcessRef::Init(&self.init));
+        }
+        self.execs()
+            .get(exec_id)
+            .cloned()
+            .map(ProcessRef::Exec)
+            .ok_or_else(|| error(Code::NOT_FOUND, format!("exec {exec_id} does not exist")))
+    }
+}
+
+/// The first process, borrowed, or an exec'd one, shared.
+enum ProcessRef<'a> {
+    Init(&'a Process),
+    Exec(Arc<Process>),
+}
+
+impl std::ops::Deref for ProcessRef<'_> {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        match self {
+            ProcessRef::Init(p) => p,
+            ProcessRef::Exec(p) => p,
+        }
     }
 }
 
@@ -57,6 +143,8 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
     publisher: Arc<RemotePublisher>,
     containers: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Exec'd processes' specs between Exec and their Start.
+    pending_execs: Mutex<HashMap<(String, String), oci_spec::runtime::Process>>,
 }
 
 fn error(code: Code, message: impl ToString) -> ttrpc::Error {
@@ -99,6 +187,7 @@ impl TaskService {
             exit,
             publisher: Arc::new(publisher),
             containers: Mutex::default(),
+            pending_execs: Mutex::default(),
         }
     }
 
@@ -110,6 +199,74 @@ impl TaskService {
 
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Entry>>> {
         self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending_execs(
+        &self,
+    ) -> MutexGuard<'_, HashMap<(String, String), oci_spec::runtime::Process>> {
+        self.pending_execs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts an exec'd process: its streams, the agent's exec, and a thread that copies
+    /// its output and records and announces its exit.
+    fn start_exec(&self, entry: &Arc<Entry>, exec_id: &str) -> TtrpcResult<u32> {
+        let process = entry.process(exec_id)?;
+        let key = (entry.id.clone(), exec_id.to_owned());
+        let spec = self.pending_execs().remove(&key).ok_or_else(|| {
+            error(
+                Code::FAILED_PRECONDITION,
+                format!("exec {exec_id} was started already"),
+            )
+        })?;
+        let stdio = process.fifos.stdio_config();
+        let streams =
+            Streams::open(&entry.agent, &entry.id, Some(exec_id), stdio).map_err(failed)?;
+        let host = open_fifos(&process.fifos).map_err(failed)?;
+        let pid = entry
+            .agent
+            .exec(ExecProcess {
+                container_id: entry.id.clone(),
+                exec_id: exec_id.to_owned(),
+                process: spec,
+                stdio,
+            })
+            .map_err(failed)?;
+        *process.phase() = Phase::Running;
+        let relay = Relay::start(streams, host).map_err(failed)?;
+        let pid = u32::try_from(pid).unwrap_or_default();
+        let (entry, exec_id) = (entry.clone(), exec_id.to_owned());
+        let (namespace, publisher) = (self.namespace.clone(), self.publisher.clone());
+        std::thread::Builder::new()
+            .name(format!("wait-{exec_id}"))
+            .spawn(move || {
+                let (status, at_ns) = match entry.agent.wait(&entry.id, Some(&exec_id)) {
+                    Ok(exit) => (exit.status.shell_code() as u32, exit.exited_at_ns),
+                    Err(e) => {
+                        log::warn!("exec {exec_id}: {e}");
+                        (128 + libc::SIGKILL as u32, now_ns())
+                    }
+                };
+                relay.finish(std::time::Duration::from_secs(5));
+                if let Ok(process) = entry.process(&exec_id) {
+                    process.exit(status, at_ns);
+                }
+                let event = TaskExit {
+                    container_id: entry.id.clone(),
+                    id: exec_id.clone(),
+                    pid,
+                    exit_status: status,
+                    exited_at: Some(timestamp(at_ns)).into(),
+                    ..Default::default()
+                };
+                publish(
+                    &publisher,
+                    &namespace,
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(event),
+                );
+            })
+            .map_err(failed)?;
+        Ok(pid)
     }
 
     fn entry(&self, id: &str) -> TtrpcResult<Arc<Entry>> {
@@ -152,13 +309,14 @@ impl TaskService {
         bundle: &Path,
     ) -> Result<Arc<Entry>, String> {
         let (spec, rootfs) = spec::load_bundle(bundle).map_err(|e| e.to_string())?;
-        let stdio = StdioConfig {
-            stdin: !req.stdin.is_empty(),
-            stdout: !req.stdout.is_empty(),
-            stderr: !req.stderr.is_empty() && !req.terminal,
+        let fifos = Fifos {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let host = open_fifos(req).map_err(|e| format!("containerd's FIFOs: {e}"))?;
+        let stdio = fifos.stdio_config();
+        let host = open_fifos(&fifos).map_err(|e| format!("containerd's FIFOs: {e}"))?;
         let source = RootfsSource::Directory {
             path: rootfs,
             shared: false,
@@ -187,10 +345,9 @@ impl TaskService {
         let entry = Arc::new(Entry {
             id: req.id.clone(),
             bundle: bundle.to_owned(),
-            request: req.clone(),
             agent: held.sandbox().agent().clone(),
-            phase: Mutex::new(Phase::Created),
-            exited: Condvar::new(),
+            init: Process::new(fifos),
+            execs: Mutex::default(),
         });
         // The holder: waits for the process, then records and announces its exit.
         let waiter = entry.clone();
@@ -207,8 +364,7 @@ impl TaskService {
                         (128 + libc::SIGKILL as u32, now_ns())
                     }
                 };
-                *waiter.phase() = Phase::Exited { status, at_ns };
-                waiter.exited.notify_all();
+                waiter.init.exit(status, at_ns);
                 let event = TaskExit {
                     container_id: waiter.id.clone(),
                     id: waiter.id.clone(),
@@ -245,7 +401,7 @@ fn now_ns() -> u64 {
 }
 
 /// containerd's FIFOs as the process's stdio (an absent one is /dev/null).
-fn open_fifos(req: &api::CreateTaskRequest) -> std::io::Result<HostStdio> {
+fn open_fifos(req: &Fifos) -> std::io::Result<HostStdio> {
     use std::os::unix::fs::OpenOptionsExt;
     let null = || -> std::io::Result<OwnedFd> {
         Ok(File::options().write(true).open("/dev/null")?.into())
@@ -338,12 +494,25 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(error(Code::UNIMPLEMENTED, "exec is not implemented yet"));
-        }
         let entry = self.entry(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let pid = self.start_exec(&entry, &req.exec_id)?;
+            self.publish(
+                topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
         {
-            let mut phase = entry.phase();
+            let mut phase = entry.init.phase();
             if *phase != Phase::Created {
                 return Err(error(
                     Code::FAILED_PRECONDITION,
@@ -378,21 +547,97 @@ impl shim::Task for TaskService {
         })
     }
 
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let entry = self.entry(&req.id)?;
+        if *entry.init.phase() != Phase::Running {
+            return Err(error(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is not running", req.id),
+            ));
+        }
+        let process: oci_spec::runtime::Process = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| error(Code::INVALID_ARGUMENT, "exec without a process spec"))
+            .and_then(|any| {
+                serde_json::from_slice(&any.value).map_err(|e| {
+                    error(
+                        Code::INVALID_ARGUMENT,
+                        format!("the exec's process spec: {e}"),
+                    )
+                })
+            })?;
+        let fifos = Fifos {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        {
+            let mut execs = entry.execs();
+            if execs.contains_key(&req.exec_id) {
+                return Err(error(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} already exists", req.exec_id),
+                ));
+            }
+            execs.insert(req.exec_id.clone(), Arc::new(Process::new(fifos)));
+        }
+        self.pending_execs()
+            .insert((req.id.clone(), req.exec_id.clone()), process);
+        self.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let entry = self.entry(&req.id)?;
+        let exec_id = Some(req.exec_id.as_str()).filter(|e| !e.is_empty());
+        let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
+        let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
+        entry
+            .agent
+            .resize_terminal(&req.id, exec_id, rows, cols)
+            .map_err(failed)?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let entry = self.entry(&req.id)?;
+        if req.stdin {
+            let exec_id = Some(req.exec_id.as_str()).filter(|e| !e.is_empty());
+            entry.agent.close_stdin(&req.id, exec_id).map_err(failed)?;
+        }
+        Ok(api::Empty::new())
+    }
+
     fn state(
         &self,
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
         let entry = self.entry(&req.id)?;
-        let phase = *entry.phase();
+        let process = entry.process(&req.exec_id)?;
+        let phase = *process.phase();
         let mut response = api::StateResponse {
             id: entry.id.clone(),
             bundle: entry.bundle.to_string_lossy().into_owned(),
             pid: shim_pid(),
-            stdin: entry.request.stdin.clone(),
-            stdout: entry.request.stdout.clone(),
-            stderr: entry.request.stderr.clone(),
-            terminal: entry.request.terminal,
+            stdin: process.fifos.stdin.clone(),
+            stdout: process.fifos.stdout.clone(),
+            stderr: process.fifos.stderr.clone(),
+            terminal: process.fifos.terminal,
+            exec_id: req.exec_id.clone(),
             ..Default::default()
         };
         response.status = match phase {
@@ -410,30 +655,26 @@ impl shim::Task for TaskService {
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let entry = self.entry(&req.id)?;
-        let mut phase = entry.phase();
-        loop {
-            if let Phase::Exited { status, at_ns } = *phase {
-                return Ok(api::WaitResponse {
-                    exit_status: status,
-                    exited_at: Some(timestamp(at_ns)).into(),
-                    ..Default::default()
-                });
-            }
-            phase = entry.exited.wait(phase).unwrap_or_else(|p| p.into_inner());
-        }
+        let (status, at_ns) = entry.process(&req.exec_id)?.wait();
+        Ok(api::WaitResponse {
+            exit_status: status,
+            exited_at: Some(timestamp(at_ns)).into(),
+            ..Default::default()
+        })
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let entry = self.entry(&req.id)?;
-        if matches!(*entry.phase(), Phase::Exited { .. }) {
+        if matches!(*entry.process(&req.exec_id)?.phase(), Phase::Exited { .. }) {
             return Err(error(
                 Code::NOT_FOUND,
-                format!("container {} has exited", req.id),
+                format!("process {} {} has exited", req.id, req.exec_id),
             ));
         }
+        let exec_id = Some(req.exec_id.as_str()).filter(|e| !e.is_empty());
         entry
             .agent
-            .signal(&req.id, None, req.signal as i32, req.all)
+            .signal(&req.id, exec_id, req.signal as i32, req.all)
             .map_err(failed)?;
         Ok(api::Empty::new())
     }
@@ -459,12 +700,23 @@ impl shim::Task for TaskService {
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
         let entry = self.entry(&req.id)?;
-        let Phase::Exited { status, at_ns } = *entry.phase() else {
+        let process = entry.process(&req.exec_id)?;
+        let Phase::Exited { status, at_ns } = *process.phase() else {
             return Err(error(
                 Code::FAILED_PRECONDITION,
-                format!("container {} has not exited", req.id),
+                format!("process {} {} has not exited", req.id, req.exec_id),
             ));
         };
+        let response = api::DeleteResponse {
+            pid: shim_pid(),
+            exit_status: status,
+            exited_at: Some(timestamp(at_ns)).into(),
+            ..Default::default()
+        };
+        if !req.exec_id.is_empty() {
+            entry.execs().remove(&req.exec_id);
+            return Ok(response);
+        }
         let context = self.context()?;
         context.root.remove(&req.id).map_err(failed)?;
         unmount_rootfs(&entry.bundle);
@@ -479,12 +731,7 @@ impl shim::Task for TaskService {
                 ..Default::default()
             }),
         );
-        Ok(api::DeleteResponse {
-            pid: shim_pid(),
-            exit_status: status,
-            exited_at: Some(timestamp(at_ns)).into(),
-            ..Default::default()
-        })
+        Ok(response)
     }
 
     fn connect(
@@ -492,8 +739,7 @@ impl shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let entry = self.entry(&req.id)?;
-        let _ = entry;
+        self.entry(&req.id)?;
         Ok(api::ConnectResponse {
             shim_pid: shim_pid(),
             task_pid: shim_pid(),
