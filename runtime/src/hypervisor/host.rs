@@ -4,9 +4,10 @@
 //! gives no hardware isolation; the runtime announces it when it is chosen.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use husk_protocol::UnixConnector;
@@ -25,9 +26,17 @@ pub struct HostConfig {
     pub dir: PathBuf,
 }
 
+/// The running agent: its pid, and the thread that started it and waits for it.
+struct Keeper {
+    pid: u32,
+    /// How the agent exited, once it has.
+    exited: Arc<Mutex<Option<String>>>,
+    thread: JoinHandle<()>,
+}
+
 pub struct HostBackend {
     config: HostConfig,
-    agent: Option<Child>,
+    agent: Option<Keeper>,
 }
 
 impl HostBackend {
@@ -106,8 +115,6 @@ impl Hypervisor for HostBackend {
             command.pre_exec(move || {
                 // The agent (and with it the whole sandbox) dies with the husk process
                 // that holds the sandbox, even when that one is killed with SIGKILL.
-                // The signal follows the *thread* that forked, so `start` must be
-                // called from a thread that lives as long as the sandbox.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -118,7 +125,7 @@ impl Hypervisor for HostBackend {
                 Ok(())
             });
         }
-        let child = command
+        command
             .arg("--listen")
             .arg(format!("unix:{}", self.socket().display()))
             .arg("--run-dir")
@@ -126,13 +133,56 @@ impl Hypervisor for HostBackend {
             .arg("--isolate")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
+            .stderr(log);
+        // The agent is started by a thread of its own that lives until the agent exits:
+        // PR_SET_PDEATHSIG fires when the forking *thread* ends, and the caller's thread
+        // may be a short-lived worker (the shim's ttrpc threads are).
+        let exited: Arc<Mutex<Option<String>>> = Arc::default();
+        let (spawned_tx, spawned_rx) = std::sync::mpsc::channel();
+        let exited_by_keeper = exited.clone();
+        let thread = std::thread::Builder::new()
+            .name("host-agent".into())
+            .spawn(move || {
+                let mut child = match command.spawn() {
+                    Ok(child) => child,
+                    Err(e) => {
+                        let _ = spawned_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = spawned_tx.send(Ok(child.id()));
+                let how = match child.wait() {
+                    Ok(status) => format!("the agent exited with {status}"),
+                    // Reaped by someone else (a subreaper's SIGCHLD handler).
+                    Err(e) => format!("the agent is gone ({e})"),
+                };
+                *exited_by_keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(how);
+            })
             .map_err(HypervisorError::Start)?;
+        let pid = match spawned_rx.recv() {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                return Err(HypervisorError::Start(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(HypervisorError::Start(std::io::Error::other(
+                    "the agent's keeper thread ended before starting it",
+                )));
+            }
+        };
+        self.agent = Some(Keeper {
+            pid,
+            exited: exited.clone(),
+            thread,
+        });
         let connector = Arc::new(UnixConnector(self.socket()));
         let log_path = dir.join("agent.log");
-        let agent = self.agent.insert(child);
-        let answered = connect_agent(connector, START_PATIENCE, || ended(agent, &log_path));
+        let answered = connect_agent(connector, START_PATIENCE, || {
+            let how = exited.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
+            Some(format!("{how}: {}", super::last_log_line(&log_path)))
+        });
         if answered.is_err() {
             let _ = self.stop();
         }
@@ -157,15 +207,24 @@ impl Hypervisor for HostBackend {
     }
 
     fn pids(&self) -> Vec<u32> {
-        self.agent.iter().map(Child::id).collect()
+        self.agent.iter().map(|keeper| keeper.pid).collect()
     }
 
     fn stop(&mut self) -> Result<(), HypervisorError> {
-        if let Some(mut agent) = self.agent.take() {
+        if let Some(keeper) = self.agent.take() {
             // The outer agent's death takes its PID namespace, and every container in
-            // it, along.
-            let _ = agent.kill();
-            let _ = agent.wait();
+            // it, along. Not if it has exited: its pid may be someone else's by now.
+            let gone = keeper
+                .exited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some();
+            if !gone {
+                if let Some(pid) = rustix::process::Pid::from_raw(keeper.pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            let _ = keeper.thread.join();
         }
         Ok(())
     }
@@ -175,11 +234,4 @@ impl Drop for HostBackend {
     fn drop(&mut self) {
         let _ = self.stop();
     }
-}
-
-/// How the agent process ended, with the last line of its log, if it has.
-fn ended(agent: &mut Child, log: &Path) -> Option<String> {
-    let status = agent.try_wait().ok().flatten()?;
-    let last = super::last_log_line(log);
-    Some(format!("the agent exited with {status}: {last}"))
 }
