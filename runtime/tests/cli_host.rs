@@ -447,19 +447,8 @@ fn an_interrupted_run_leaves_nothing() {
     }
 }
 
-/// The busybox image as the set-up builds it, into `dir/images/busybox.tar`.
 fn busybox_image(dir: &Path) -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
-    let out = Command::new(&script)
-        .env("HUSK_CACHE_DIR", dir)
-        .output()
-        .expect("build-busybox-image.sh ran");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("images/busybox.tar")
+    husk_tests::rootfs::busybox_image(dir).expect("the busybox image")
 }
 
 /// The entries of the cache's image directory.
@@ -636,6 +625,19 @@ fn gather(master: &std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<Stri
     text
 }
 
+/// Sets the pty's size to the 30x100 that TERMINAL_SCRIPT waits for, and gathers its
+/// output.
+fn sized_and_gathered(master: &std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<String>> {
+    let size = rustix::termios::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, size).expect("size");
+    gather(master)
+}
+
 fn wait_for_text(text: &std::sync::Mutex<String>, needle: &str) -> String {
     let deadline = Instant::now() + TIMEOUT;
     loop {
@@ -660,14 +662,7 @@ fn run_with_a_terminal() {
     let husk = Husk::new("cli-tty");
     let rootfs = husk.rootfs();
     let (master, slave) = test_pty();
-    let size = rustix::termios::Winsize {
-        ws_row: 30,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    rustix::termios::tcsetwinsize(&master, size).expect("size");
-    let output = gather(&master);
+    let output = sized_and_gathered(&master);
     let mut child = husk
         .command()
         .args(["run", "-t", "-i", "--rootfs"])
@@ -742,14 +737,7 @@ fn create_hands_the_terminal_to_the_console_socket() {
     ]);
     let (name, master) = receiver.join().expect("receiver");
     assert!(name.starts_with("/dev/pts/"), "{name}");
-    let size = rustix::termios::Winsize {
-        ws_row: 30,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    rustix::termios::tcsetwinsize(&master, size).expect("size");
-    let output = gather(&master);
+    let output = sized_and_gathered(&master);
     husk.ok(&["start", "box"]);
     wait_for_text(&output, "size 30 100");
     rustix::io::write(&master, b"typed\n").expect("type");
@@ -767,14 +755,7 @@ fn exec_with_a_terminal_and_errors_in_a_json_log() {
     husk.create("box", &bundle);
     husk.ok(&["start", "box"]);
     let (master, slave) = test_pty();
-    let size = rustix::termios::Winsize {
-        ws_row: 30,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    rustix::termios::tcsetwinsize(&master, size).expect("size");
-    let output = gather(&master);
+    let output = sized_and_gathered(&master);
     let mut child = husk
         .command()
         .args(["exec", "-t", "box", "sh", "-c", TERMINAL_SCRIPT])

@@ -2,8 +2,7 @@
 //! driven with the unmodified `ctr`. As root, with Debian's containerd.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use husk_tests::containerd::{Containerd, BUSYBOX_IMAGE};
 use husk_tests::process::processes_with;
@@ -23,16 +22,7 @@ fn containerd_with_husk(name: &str) -> (Containerd, ScratchDir) {
         "containerd runs containers and must run as root"
     );
     let scratch = scratch_dir(name).expect("scratch");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
-    let built = Command::new(&script)
-        .env("HUSK_CACHE_DIR", scratch.path())
-        .output()
-        .expect("build-busybox-image.sh ran");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let image = husk_tests::rootfs::busybox_image(scratch.path()).expect("the busybox image");
     // The state root holds sockets: a short path.
     let state = state_root(name);
     std::fs::write(
@@ -58,9 +48,7 @@ fn containerd_with_husk(name: &str) -> (Containerd, ScratchDir) {
         ],
     )
     .expect("containerd");
-    containerd
-        .import(&scratch.join("images/busybox.tar"))
-        .expect("import");
+    containerd.import(&image).expect("import");
     (containerd, scratch)
 }
 

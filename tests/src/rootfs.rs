@@ -154,3 +154,21 @@ pub fn busybox_bundle(dir: &Path, args: &[&str]) -> Result<(), Error> {
     std::fs::write(dir.join("config.json"), text)
         .map_err(|e| Error(format!("writing {}/config.json: {e}", dir.display())))
 }
+
+/// The busybox OCI image as the set-up builds it (resources/build-busybox-image.sh), into
+/// `dir/images/busybox.tar`; returns that path.
+pub fn busybox_image(dir: &Path) -> Result<std::path::PathBuf, Error> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
+    let out = Command::new(&script)
+        .env("HUSK_CACHE_DIR", dir)
+        .output()
+        .map_err(|e| Error(format!("{}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(Error(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(dir.join("images/busybox.tar"))
+}

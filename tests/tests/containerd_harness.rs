@@ -4,7 +4,6 @@
 //! nothing behind when dropped. As root, with Debian's containerd and runc.
 
 use std::path::Path;
-use std::process::Command;
 
 use husk_tests::containerd::{Containerd, BUSYBOX_IMAGE};
 use husk_tests::process::processes_with;
@@ -17,22 +16,11 @@ fn a_private_containerd_runs_the_busybox_image_with_runc_and_cleans_up() {
         "containerd runs containers and must run as root"
     );
     let scratch = scratch_dir("containerd-harness").expect("scratch");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
-    let built = Command::new(&script)
-        .env("HUSK_CACHE_DIR", scratch.path())
-        .output()
-        .expect("build-busybox-image.sh ran");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let image = husk_tests::rootfs::busybox_image(scratch.path()).expect("the busybox image");
 
     let containerd = Containerd::start("harness").expect("containerd");
     let address = containerd.address().to_string_lossy().into_owned();
-    containerd
-        .import(&scratch.join("images/busybox.tar"))
-        .expect("import");
+    containerd.import(&image).expect("import");
     // Ids unique to this run: runc keeps its state in one place for every containerd.
     let (first, second) = (
         format!("harness-{}-1", std::process::id()),
