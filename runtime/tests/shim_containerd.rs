@@ -161,3 +161,59 @@ fn exec_ps_and_kill_of_a_running_task() {
     let _ = std::fs::remove_dir_all(state_root("shim-exec"));
     drop(scratch);
 }
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    use std::io::Read;
+    let (containerd, scratch) = containerd_with_husk("shim-tty");
+    let id = format!("shim-tty-{}", std::process::id());
+    let master =
+        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+            .expect("openpt");
+    rustix::pty::grantpt(&master).expect("grantpt");
+    rustix::pty::unlockpt(&master).expect("unlockpt");
+    let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
+    let slave = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(name.to_string_lossy().as_ref())
+        .expect("the slave");
+    let mut child = containerd
+        .ctr_command(&[
+            "run",
+            "-t",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            BUSYBOX_IMAGE,
+            &id,
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo on a terminal; exit 5",
+        ])
+        .stdin(slave.try_clone().expect("dup"))
+        .stdout(slave.try_clone().expect("dup"))
+        .stderr(slave)
+        .spawn()
+        .expect("ctr run -t");
+    let status = child.wait().expect("wait");
+    let mut text = String::new();
+    let mut master = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    // Everything the container wrote is in the pty's buffer; the slave is closed, so
+    // reading ends with EIO after it.
+    while let Ok(n) = master.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(
+        text.contains("on a terminal"),
+        "{text:?}\n{}",
+        containerd.log()
+    );
+    assert_eq!(status.code(), Some(5), "{text:?}");
+    let _ = std::fs::remove_dir_all(state_root("shim-tty"));
+    drop(scratch);
+}
