@@ -85,7 +85,7 @@ fn ctr_run_returns_output_and_the_exit_status() {
         "{:?}",
         processes_with(&address)
     );
-    let state = format!("/tmp/husk-shim-state-{}", std::process::id());
+    let state = state_root("shim-run");
     assert!(
         processes_with(&state).is_empty(),
         "{:?}",
