@@ -590,22 +590,6 @@ fn a_damaged_image_is_refused_and_caches_nothing() {
     assert!(husk.ok(&["list", "-q"]).stdout.is_empty());
 }
 
-/// A pty for a test: the master to read and write, and the slave's path.
-fn test_pty() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use rustix::pty::OpenptFlags;
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
-    rustix::pty::grantpt(&master).expect("grantpt");
-    rustix::pty::unlockpt(&master).expect("unlockpt");
-    let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
-        rustix::fs::Mode::empty(),
-    )
-    .expect("open the slave");
-    (master, slave)
-}
-
 /// Everything read from a pty master, gathered by a thread until the slave side closes.
 fn gather(master: &std::os::fd::OwnedFd) -> std::sync::Arc<std::sync::Mutex<String>> {
     use std::io::Read;
@@ -661,7 +645,7 @@ const TERMINAL_SCRIPT: &str =
 fn run_with_a_terminal() {
     let husk = Husk::new("cli-tty");
     let rootfs = husk.rootfs();
-    let (master, slave) = test_pty();
+    let (master, slave) = husk_tests::process::pty().expect("a pty");
     let output = sized_and_gathered(&master);
     let mut child = husk
         .command()
@@ -754,7 +738,7 @@ fn exec_with_a_terminal_and_errors_in_a_json_log() {
     let bundle = husk.bundle("bundle", &["sleep", "1000"]);
     husk.create("box", &bundle);
     husk.ok(&["start", "box"]);
-    let (master, slave) = test_pty();
+    let (master, slave) = husk_tests::process::pty().expect("a pty");
     let output = sized_and_gathered(&master);
     let mut child = husk
         .command()

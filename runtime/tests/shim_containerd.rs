@@ -167,17 +167,7 @@ fn ctr_run_with_a_terminal() {
     use std::io::Read;
     let (containerd, scratch) = containerd_with_husk("shim-tty");
     let id = format!("shim-tty-{}", std::process::id());
-    let master =
-        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
-            .expect("openpt");
-    rustix::pty::grantpt(&master).expect("grantpt");
-    rustix::pty::unlockpt(&master).expect("unlockpt");
-    let name = rustix::pty::ptsname(&master, Vec::new()).expect("ptsname");
-    let slave = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(name.to_string_lossy().as_ref())
-        .expect("the slave");
+    let (master, slave) = husk_tests::process::pty().expect("a pty");
     let mut child = containerd
         .ctr_command(&[
             "run",

@@ -161,3 +161,22 @@ pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
     }
     found
 }
+
+/// A fresh pseudo-terminal for a test: (master, slave), neither the caller's controlling
+/// terminal.
+pub fn pty() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), Error> {
+    use rustix::pty::OpenptFlags;
+    let err = |what: &str, e: rustix::io::Errno| Error(format!("{what}: {e}"));
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .map_err(|e| err("openpt", e))?;
+    rustix::pty::grantpt(&master).map_err(|e| err("grantpt", e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| err("unlockpt", e))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| err("ptsname", e))?;
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NOCTTY,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| err("opening the pty's slave", e))?;
+    Ok((master, slave))
+}
