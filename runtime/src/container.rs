@@ -160,6 +160,16 @@ pub fn create(
     })
 }
 
+/// Claims the launch's id in the state root and records it as `creating`; if that cannot
+/// be recorded, the claim is given back.
+pub fn register(launch: &Launch, root: &StateRoot) -> Result<(), ContainerError> {
+    let _claim = root.claim(&launch.id)?;
+    root.save(&initial_state(launch)).map_err(|e| {
+        let _ = root.remove(&launch.id);
+        e.into()
+    })
+}
+
 /// The state a launch starts with, before its sandbox exists.
 pub fn initial_state(launch: &Launch) -> ContainerState {
     ContainerState {

@@ -172,15 +172,10 @@ pub fn create(context: &Context, args: CreateArgs) -> Result<ExitCode, String> {
     };
     let mut launch = context.launch(&args.id, bundle, &spec, rootfs, &args.sandbox, stdio)?;
     launch.console_socket = console_socket;
-    {
-        let _claim = root.claim(&args.id).map_err(text)?;
-        root.save(&container::initial_state(&launch))
-            .map_err(text)?;
-        let written = launch.save(root).map_err(text);
-        if let Err(e) = written {
-            let _ = root.remove(&args.id);
-            return Err(e);
-        }
+    container::register(&launch, root).map_err(text)?;
+    if let Err(e) = launch.save(root) {
+        let _ = root.remove(&args.id);
+        return Err(text(e));
     }
     // With a console socket the container's stdio is the terminal: the sandbox process
     // keeps none of ours (a caller reading our output to its end would wait for ever).

@@ -161,14 +161,8 @@ fn run_launch(
     interactive: bool,
     target: &Arc<SignalTarget>,
 ) -> Result<ExitCode, String> {
-    let claim = root.claim(&launch.id).map_err(|e| e.to_string())?;
-    let result = root
-        .save(&container::initial_state(launch))
-        .map_err(|e| e.to_string())
-        .and_then(|()| {
-            drop(claim);
-            run_held(root, launch, interactive, target)
-        });
+    container::register(launch, root).map_err(|e| e.to_string())?;
+    let result = run_held(root, launch, interactive, target);
     // Whatever happened, nothing stays: the sandbox stopped with its holder, and the
     // state goes now.
     if let Err(e) = root.remove(&launch.id) {

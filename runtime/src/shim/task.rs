@@ -330,10 +330,7 @@ impl TaskService {
             stdio,
         )?;
         let root = &context.root;
-        let claim = root.claim(&req.id).map_err(|e| e.to_string())?;
-        root.save(&container::initial_state(&launch))
-            .map_err(|e| e.to_string())?;
-        drop(claim);
+        container::register(&launch, root).map_err(|e| e.to_string())?;
         let never = Arc::new(AtomicBool::new(false));
         let held = match container::create(&launch, root, host, &never) {
             Ok(held) => held,
