@@ -7,8 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use husk_devices::virtio::block::request::{req_type, status, HEADER_LEN};
 use husk_devices::virtio::block::{
-    features as blk, Block, BlockConfig, BlockError, ID_LEN, QUEUE_MAX_SIZE, SECTOR_SIZE,
+    features as blk, Block, BlockConfig, BlockError, BlockMedia, ID_LEN, QUEUE_MAX_SIZE,
+    SECTOR_SIZE,
 };
+use husk_devices::virtio::interrupt::INT_CONFIG_CHANGE;
 use husk_devices::virtio::testing::{
     guest_memory, Desc, TestDriver, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
@@ -17,6 +19,8 @@ use husk_devices::BusDevice;
 use vm_memory::{Bytes, GuestAddress};
 
 const Q: u16 = 0;
+/// The transport's `ConfigGeneration` register.
+const CONFIG_GENERATION: u64 = 0x0fc;
 const MEM_SIZE: usize = 16 << 20;
 /// Sectors of the default test disk.
 const SECTORS: u64 = 64;
@@ -111,6 +115,38 @@ impl Drive {
         ));
         let drv = TestDriver::new(dev.clone(), mem);
         Self { drv, dev, file }
+    }
+
+    /// A spare slot with no media, not started; `file` is what the test will put in it.
+    fn spare(file: TempFile) -> Self {
+        let dev = Arc::new(Mutex::new(Block::empty().expect("creating a spare slot")));
+        let drv = TestDriver::new(dev.clone(), guest_memory(MEM_SIZE));
+        Self { drv, dev, file }
+    }
+
+    /// Puts the drive's file into the slot, as the VMM's drive handle does.
+    fn insert(&mut self, read_only: bool, serial: &str) -> Result<(), BlockError> {
+        let media = BlockMedia::open(config(&self.file.0, read_only, Some(serial)))?;
+        self.dev.lock().unwrap().insert_media(media)
+    }
+
+    /// The `ConfigGeneration` register.
+    fn generation(&mut self) -> u32 {
+        self.drv.read_reg(CONFIG_GENERATION)
+    }
+
+    /// The capacity in the configuration space, read the way Linux reads a 64-bit
+    /// field: until the generation is the same before and after.
+    fn config_capacity(&mut self) -> u64 {
+        loop {
+            let before = self.generation();
+            let mut cap = [0u8; 8];
+            self.drv.read_config(0, &mut cap[..4]);
+            self.drv.read_config(4, &mut cap[4..]);
+            if self.generation() == before {
+                return u64::from_le_bytes(cap);
+            }
+        }
     }
 
     fn start(&mut self) {
@@ -1209,6 +1245,165 @@ fn bad_configurations_are_refused() {
 
 /// Inputs of the `blk_request` fuzz target that once found bugs, replayed through the
 /// same harness (`husk_devices::virtio::block::fuzzing::run`), plus a few hand-made ones.
+/// Every request to an empty slot fails with an I/O error, whatever it asks.
+fn assert_empty(d: &mut Drive) {
+    assert_eq!(d.config_capacity(), 0);
+    assert_eq!(d.dev.lock().unwrap().capacity(), 0);
+    assert!(!d.dev.lock().unwrap().has_media());
+    assert_eq!(d.read(0, SECTOR).0, status::IOERR);
+    assert_eq!(d.read(0, 0).0, status::IOERR);
+    assert_eq!(d.write(0, &[5; SECTOR]), status::IOERR);
+    assert_eq!(d.flush(), status::IOERR);
+    let (st, used, id) = d.get_id(ID_LEN);
+    assert_eq!((st, used), (status::IOERR, Some(1)));
+    assert_eq!(id, [0xaa; ID_LEN], "an empty slot wrote a serial");
+    let hdr = d.header(0x7f, 0);
+    let st = d.status_buf();
+    assert_eq!(
+        d.submit(&[Desc::readable(hdr, 16), Desc::writable(st, 1)]),
+        Some(1)
+    );
+    assert_eq!(d.byte(st), status::IOERR);
+    assert!(!d.drv.needs_reset());
+}
+
+#[test]
+fn a_spare_slot_without_media_fails_every_request() {
+    let mut d = Drive::spare(TempFile::disk(SECTOR));
+    // The features of a writable drive, and no more, whatever goes in later.
+    assert_eq!(d.drv.device_features(), DRIVER_FEATURES);
+    d.start();
+    assert_empty(&mut d);
+    assert_eq!(d.dev.lock().unwrap().media_id(), None);
+    assert_eq!(d.dev.lock().unwrap().remove_media().map(|_| ()), None);
+    // The configuration besides the capacity is that of any drive.
+    let mut cfg = [0u8; 24];
+    d.drv.read_config(0, &mut cfg);
+    assert_eq!(u32::from_le_bytes(cfg[12..16].try_into().unwrap()), 254);
+    assert_eq!(u32::from_le_bytes(cfg[20..24].try_into().unwrap()), 512);
+    // Nothing changed, so no configuration interrupt.
+    assert_eq!(d.drv.interrupt_status() & INT_CONFIG_CHANGE, 0);
+}
+
+#[test]
+fn media_put_into_a_running_slot_are_served_and_announced() {
+    let mut d = Drive::spare(TempFile::disk(SECTORS as usize * SECTOR));
+    d.start();
+    let original = d.file.contents();
+    let gen0 = d.generation();
+    d.drv.take_interrupts();
+    d.drv.ack_interrupt(u32::MAX);
+
+    d.insert(true, "rootfs1").expect("attaching");
+    assert_ne!(d.drv.interrupt_status() & INT_CONFIG_CHANGE, 0);
+    assert!(d.drv.take_interrupts() >= 1, "no interrupt raised");
+    let gen1 = d.generation();
+    assert_ne!(gen1, gen0, "ConfigGeneration did not change");
+    assert_eq!(d.config_capacity(), SECTORS);
+    assert_eq!(d.dev.lock().unwrap().media_id(), Some("rootfs1"));
+    // The features stay those negotiated at boot: no RO.
+    assert_eq!(d.drv.device_features() & blk::RO, 0);
+    d.drv.ack_interrupt(INT_CONFIG_CHANGE);
+    assert_eq!(d.drv.interrupt_status() & INT_CONFIG_CHANGE, 0);
+
+    let (st, used, id) = d.get_id(ID_LEN);
+    assert_eq!((st, used), (status::OK, Some(ID_LEN as u32 + 1)));
+    assert_eq!(&id[..7], b"rootfs1");
+    assert_eq!(id[7..], [0; ID_LEN - 7]);
+    assert_eq!(
+        d.read(0, SECTORS as usize * SECTOR),
+        (status::OK, original.clone())
+    );
+    // Read-only media: the guest was never told (no RO feature), so the device refuses
+    // writes and flushes itself, and the file stays as it was.
+    assert_eq!(d.write(0, &[9; SECTOR]), status::IOERR);
+    assert_eq!(d.write(SECTORS - 1, &[9; SECTOR]), status::IOERR);
+    assert_eq!(d.flush(), status::IOERR);
+    assert_eq!(d.file.contents(), original);
+    assert_eq!(d.read(0, SECTOR), (status::OK, original[..SECTOR].to_vec()));
+    assert_eq!(d.read(SECTORS, SECTOR).0, status::IOERR);
+
+    // A slot holds one drive at a time.
+    assert!(matches!(
+        d.insert(true, "other"),
+        Err(BlockError::SlotInUse)
+    ));
+    assert_eq!(d.dev.lock().unwrap().media_id(), Some("rootfs1"));
+    assert_eq!(d.generation(), gen1);
+
+    // Out again: empty, announced, and the file is free for a writer.
+    d.drv.take_interrupts();
+    let media = d
+        .dev
+        .lock()
+        .unwrap()
+        .remove_media()
+        .expect("media in the slot");
+    assert_eq!(media.id(), Some("rootfs1"));
+    drop(media);
+    assert_ne!(d.drv.interrupt_status() & INT_CONFIG_CHANGE, 0);
+    assert!(d.drv.take_interrupts() >= 1);
+    let gen2 = d.generation();
+    assert_ne!(gen2, gen1);
+    d.drv.ack_interrupt(INT_CONFIG_CHANGE);
+    assert_empty(&mut d);
+
+    // The slot takes other media, writable this time: writes and flushes work.
+    d.insert(false, "rootfs2").expect("attaching again");
+    assert_ne!(d.generation(), gen2);
+    assert_eq!(d.config_capacity(), SECTORS);
+    assert_eq!(&d.get_id(7).2, b"rootfs2");
+    let new = pattern(3, SECTOR);
+    assert_eq!(d.write(2, &new), status::OK);
+    assert_eq!(d.flush(), status::OK);
+    assert_eq!(d.file_sectors(2, 1), new);
+    assert!(!d.drv.needs_reset());
+}
+
+#[test]
+fn media_put_into_a_slot_before_the_driver_starts() {
+    let mut d = Drive::spare(TempFile::disk(8 * SECTOR));
+    d.insert(false, "early")
+        .expect("attaching before the driver");
+    // No driver yet: nobody to interrupt; it reads the configuration when it starts.
+    assert_eq!(d.drv.take_interrupts(), 0);
+    d.start();
+    assert_eq!(d.config_capacity(), 8);
+    assert_eq!(&d.get_id(5).2, b"early");
+    assert_eq!(d.read(0, SECTOR), (status::OK, d.file_sectors(0, 1)));
+    // A driver reset keeps the media.
+    d.restart();
+    assert_eq!(d.config_capacity(), 8);
+    assert_eq!(d.write(7, &[1; SECTOR]), status::OK);
+}
+
+#[test]
+fn media_that_cannot_be_opened_leave_the_slot_empty() {
+    let mut d = Drive::spare(TempFile::disk(8 * SECTOR));
+    d.start();
+    let gen = d.generation();
+    let missing = TempFile::path("missing");
+    assert!(matches!(
+        BlockMedia::open(config(&missing, true, Some("x"))),
+        Err(BlockError::Open { .. })
+    ));
+    assert!(matches!(
+        BlockMedia::open(config(&d.file.0, true, Some(&"x".repeat(ID_LEN + 1)))),
+        Err(BlockError::SerialTooLong(_))
+    ));
+    // A file another writer holds.
+    let writer = Block::new(config(&d.file.0, false, None)).expect("the writer");
+    assert!(matches!(
+        d.insert(true, "locked"),
+        Err(BlockError::Locked { .. })
+    ));
+    drop(writer);
+    assert_eq!(d.generation(), gen);
+    assert_empty(&mut d);
+    d.insert(true, "now").expect("free again");
+    assert_eq!(d.config_capacity(), 8);
+}
+
 #[test]
 fn fuzz_regressions_replay() {
     use husk_devices::virtio::block::fuzzing;

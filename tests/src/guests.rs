@@ -49,6 +49,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("common/virtio.c", include_str!("../guests/common/virtio.c")),
     ("virtio_blk.c", include_str!("../guests/virtio_blk.c")),
     ("virtio_vsock.c", include_str!("../guests/virtio_vsock.c")),
+    ("virtio_blk_spare.c", include_str!("../guests/virtio_blk_spare.c")),
 ];
 
 /// Flags for every guest: freestanding, no SSE (general registers only), no PIC, no
@@ -111,10 +112,16 @@ pub enum Guest {
     /// an upper-casing echo on a listening port (`test.*_port=` on the command line);
     /// `virtio-vsock: ...` lines, then `virtio-vsock: PASS`.
     VirtioVsock,
+    /// Drives an empty spare virtio-blk slot and asks the host (console lines
+    /// `LABGUEST-ATTACH l1-spare`, `LABGUEST-DETACH l1-spare`) to attach a read-only drive
+    /// to it and detach it again, checking capacity, ConfigGeneration, the
+    /// configuration-change interrupt, GET_ID, a read and a refused write;
+    /// `virtio-blk-spare: ...` lines, then `virtio-blk-spare: PASS`.
+    VirtioBlkSpare,
 }
 
 impl Guest {
-    pub const ALL: [Guest; 9] = [
+    pub const ALL: [Guest; 10] = [
         Guest::Hello,
         Guest::Bootinfo,
         Guest::Bootinfo64,
@@ -124,6 +131,7 @@ impl Guest {
         Guest::Spin,
         Guest::VirtioBlk,
         Guest::VirtioVsock,
+        Guest::VirtioBlkSpare,
     ];
 
     pub fn name(self) -> &'static str {
@@ -137,6 +145,7 @@ impl Guest {
             Guest::Spin => "spin",
             Guest::VirtioBlk => "virtio_blk",
             Guest::VirtioVsock => "virtio_vsock",
+            Guest::VirtioBlkSpare => "virtio_blk_spare",
         }
     }
 
@@ -169,6 +178,7 @@ impl Guest {
             Guest::Spin => &["common/lib.c", "spin.c"],
             Guest::VirtioBlk => &["common/lib.c", "common/virtio.c", "virtio_blk.c"],
             Guest::VirtioVsock => &["common/lib.c", "common/virtio.c", "virtio_vsock.c"],
+            Guest::VirtioBlkSpare => &["common/lib.c", "common/virtio.c", "virtio_blk_spare.c"],
         }
     }
 

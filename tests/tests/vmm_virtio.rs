@@ -1,11 +1,15 @@
 //! Layer 1 (DESIGN.md): husk's virtio-mmio devices driven by the freestanding test guests
 //! `virtio_blk` and `virtio_vsock` (tests/guests/) through real vCPUs, via `husk vmm`
 //! with `--drive` and `--vsock`. The host side checks the backing files byte for byte
-//! and plays the vsock peer over husk's Unix sockets while the guest runs.
+//! and plays the vsock peer over husk's Unix sockets while the guest runs. A spare drive
+//! slot, filled and emptied through the VMM's drive handle while the `virtio_blk_spare`
+//! guest runs, is driven by husk-vmm's example `spare_drives` (the `husk vmm` command line
+//! has no way to attach a drive to a running VM).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -13,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use husk_tests::guests::{guest_path, Guest};
 use husk_tests::husk::husk_vmm;
-use husk_tests::process::{console_lines, Run, DEFAULT_TIMEOUT};
-use husk_tests::{path_str, scratch_dir};
+use husk_tests::process::{console_lines, run_with_timeout, Run, DEFAULT_TIMEOUT};
+use husk_tests::{build_dirs, path_str, scratch_dir};
 
 const SECTOR: usize = 512;
 /// The guest writes its pattern to this many sectors at sector 0 and at the end.
@@ -303,6 +307,75 @@ fn blk_several_drives_in_order_with_serials() {
         "drives should sit at distinct, increasing addresses\n{}",
         run.describe()
     );
+}
+
+/// husk-vmm's example `spare_drives`, of the same profile as this test.
+fn spare_drives_binary() -> PathBuf {
+    let bin = build_dirs()
+        .expect("finding the target directory")
+        .profile
+        .join("examples")
+        .join("spare_drives");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: run the tests with `cargo test --workspace` (which builds the \
+         examples) or build it with `cargo build -p husk-vmm --example spare_drives`",
+        bin.display()
+    );
+    bin
+}
+
+/// A spare slot (no media at boot) takes a read-only drive while the guest runs and gives
+/// it back: the guest sees capacity 0 and I/O errors, then, after the host attached the
+/// drive through the VMM's drive handle, the configuration-change interrupt, a new
+/// ConfigGeneration, the drive's capacity, serial and data, and a refused write; after
+/// the detach, an empty slot again.
+#[test]
+fn blk_spare_slot_takes_a_drive_while_the_guest_runs() {
+    let dir = scratch_dir("virtio-blk-spare").expect("scratch dir");
+    let drive = make_drive(&dir, "spare.img", 96 * SECTOR, 0x33);
+    let console = dir.join("console.log");
+    let kernel = guest(Guest::VirtioBlkSpare);
+    let mut cmd = Command::new(spare_drives_binary());
+    cmd.args(["--kernel", path_str(&kernel)])
+        .args(["--cmdline", "test.spare_sectors=96"])
+        .args(["--mem-mib", "64", "--spares", "1"])
+        .args(["--console", path_str(&console)])
+        .arg("--drive")
+        .arg(format!("l1-spare={},ro", path_str(&drive.path)));
+    let mut run = run_with_timeout(&mut cmd, DEFAULT_TIMEOUT).expect("running spare_drives");
+    // The guest's console is in its file; the checks below read it as a run's stdout.
+    run.stdout = std::fs::read_to_string(&console).unwrap_or_default();
+    assert_eq!(
+        run.code(),
+        Some(0),
+        "spare_drives failed\n{}",
+        run.describe()
+    );
+    assert_guest_passed(&run, "virtio-blk-spare", "virtio-blk-spare: PASS");
+    for action in ["attached", "detached"] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.starts_with(&format!("spare_drives: {action} l1-spare "))),
+            "the host never {action} the drive\n{}",
+            run.describe()
+        );
+    }
+    assert_line(&run, "virtio-blk-spare: empty: capacity=0 generation=0");
+    let sum = drive.initial[..SECTOR].iter().fold(0u64, |sum, &b| {
+        sum.wrapping_mul(31).wrapping_add(u64::from(b))
+    });
+    assert_line(
+        &run,
+        &format!(
+            "virtio-blk-spare: attached: capacity=96 serial=l1-spare generation_changed=yes \
+             sector0_sum={sum:#x}"
+        ),
+    );
+    let detached = line_with_prefix(&run, "virtio-blk-spare: detached: ");
+    assert!(detached.starts_with("virtio-blk-spare: detached: capacity=0 "));
+    check_unchanged(&drive, &run);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,15 +6,17 @@
 //! 2. allocate guest RAM and register it with KVM;
 //! 3. load the kernel (ELF with PVH entry, ELF via the 64-bit boot protocol, or bzImage)
 //!    and the initrd;
-//! 4. create the virtio devices (drives, vsock) on the MMIO bus, each with an irqfd and
-//!    ioeventfds, and load the command line with their `virtio_mmio.device=` entries;
+//! 4. create the virtio devices (drives, vsock, spare drive slots) on the MMIO bus, each
+//!    with an irqfd and ioeventfds, and load the command line with their
+//!    `virtio_mmio.device=` entries;
 //!    write the boot information and the MP table; put the legacy devices on the port
 //!    bus (COM1, i8042 reset, boot timer);
 //! 5. create the vCPUs (CPUID, MSRs, LAPIC) and set the boot vCPU's entry registers.
 //!
 //! [`Vmm::run`] then starts the event loop thread and one thread per vCPU and blocks until
 //! the VM ends: the guest resets or shuts down, a vCPU fails, or someone calls
-//! [`StopHandle::stop`].
+//! [`StopHandle::stop`]. A [`DriveHandle`] attaches drives to the spare slots and detaches
+//! them, before or while the VM runs.
 //!
 //! The VMM knows nothing about containers, agents or OCI.
 
@@ -22,6 +24,7 @@ mod arch;
 mod boot;
 pub mod config;
 mod device_manager;
+mod drives;
 mod event_loop;
 mod exit;
 mod vstate;
@@ -51,6 +54,7 @@ pub use config::{
     DEFAULT_CMDLINE,
 };
 pub use device_manager::DeviceError;
+pub use drives::{DriveError, DriveHandle};
 pub use exit::ExitReason;
 
 use arch::x86_64::{mptable, regs};
@@ -135,10 +139,20 @@ pub struct Vmm {
     ready_after: Arc<OnceLock<Duration>>,
     subscribers: Vec<event_loop::Subscriber>,
     vsock_connector: Option<VsockConnector>,
+    drive_handle: DriveHandle,
 }
 
 impl Vmm {
+    /// Builds a VM without spare drive slots: its drives are the ones in `config`.
     pub fn new(config: VmmConfig) -> Result<Self, Error> {
+        Self::with_spare_drives(config, 0)
+    }
+
+    /// Builds a VM with `spare_drives` empty drive slots after the devices of `config`
+    /// (each one virtio-mmio window and one interrupt line; at most 19 devices in all),
+    /// which [`Vmm::drive_handle`] fills and empties while the VM runs. A Linux guest sees
+    /// them as empty disks (`/dev/vdX` of size 0) after the drives of `config`.
+    pub fn with_spare_drives(config: VmmConfig, spare_drives: u8) -> Result<Self, Error> {
         let mem_mib = config.memory.size_mib;
         if mem_mib < MIN_MEMORY_MIB {
             return Err(Error::MemoryTooSmall(mem_mib));
@@ -185,6 +199,18 @@ impl Vmm {
             vsock_connector = Some(device.connector());
             devices.add_virtio(&vm, &guest_memory, Arc::new(Mutex::new(device)))?;
         }
+        // Spare slots last, so that the devices of `config` keep their places (and the
+        // guest's names for them) whether or not there are spares.
+        let mut spares = Vec::with_capacity(usize::from(spare_drives));
+        for _ in 0..spare_drives {
+            let slot = Arc::new(Mutex::new(
+                Block::empty().map_err(|e| Error::Drive("(spare slot)".into(), e))?,
+            ));
+            devices.add_virtio(&vm, &guest_memory, slot.clone())?;
+            spares.push(slot);
+        }
+        let boot_ids = config.drives.iter().filter_map(|d| d.id.clone()).collect();
+        let drive_handle = DriveHandle::new(spares, boot_ids);
         let mut cmdline = config.kernel.cmdline.trim().to_string();
         for entry in devices.cmdline_entries() {
             cmdline.push(' ');
@@ -230,7 +256,14 @@ impl Vmm {
             ready_after,
             subscribers,
             vsock_connector,
+            drive_handle,
         })
+    }
+
+    /// Attaches and detaches drives in the spare slots, from any thread, before or while
+    /// the VM runs.
+    pub fn drive_handle(&self) -> DriveHandle {
+        self.drive_handle.clone()
     }
 
     /// Opens streams to guest vsock ports from this process, if the VM has vsock.

@@ -162,8 +162,7 @@ impl MmioTransport {
             reg::STATUS => self.status(),
             // No shared memory regions: their length reads as all ones (virtio 1.2, 4.2.2).
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH => u32::MAX,
-            // The device configuration never changes behind the driver's back.
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => device.config_generation(),
             _ => {
                 log::debug!("virtio-mmio: read of unknown register {offset:#x}");
                 0

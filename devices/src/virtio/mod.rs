@@ -86,6 +86,13 @@ pub trait VirtioDevice: Send {
         );
     }
 
+    /// The `ConfigGeneration` register: a device whose configuration space changes while
+    /// the driver runs bumps it with every change, so that a driver reading a field in
+    /// several accesses sees a torn read (virtio 1.2, 2.5.1).
+    fn config_generation(&self) -> u32 {
+        0
+    }
+
     /// The driver set DRIVER_OK: start serving the queues.
     fn activate(&mut self, context: ActivateContext) -> Result<(), ActivateError>;
 

@@ -21,6 +21,20 @@
 #                     nothing listens, which must be reset), then prints LABGUEST-HOST-TURN
 #                     and waits for the host-initiated part to finish (its own server's
 #                     connections).
+#   husk.test=hotplug Drives attached to and detached from the running VM (spare slots,
+#                     needs a host that acts on the requests, e.g. husk-vmm's example
+#                     `spare_drives`). Every spare slot is an empty disk (size 0). Asks for
+#                     lab-hot-ro (ext4 holding /data, pattern 21, 2 MiB; read-only) with
+#                     "LABGUEST-ATTACH lab-hot-ro", waits for a drive with that serial and a
+#                     size, checks its size (husk.hot_ro_sectors), mounts it read-only and
+#                     checks /data (with husk.hot_write_ro=1 also: a raw write to it fails,
+#                     refused by the device, since the slot cannot tell the kernel that the
+#                     disk is read-only; with husk.hot_mount_rw=1, LABGUEST-NOTE lines say
+#                     what a read-write mount of it does); then asks for its detach and
+#                     waits for its size to be 0 again; then lab-hot-rw (raw,
+#                     husk.hot_rw_sectors, writable): a fsynced write read back with the
+#                     page cache dropped, and its detach; then lab-hot-ro once more, in a
+#                     slot that held a drive before.
 #   husk.test=fio     A benchmark, not a test (bench-blk; needs an initramfs built with
 #                     `build.sh --fio`): fio against the raw first drive /dev/vda, direct=1,
 #                     the workloads of fio_workloads below one after the other, each
@@ -135,6 +149,150 @@ test_blk() {
     blockdev --setrw "$ro" 2>/dev/null
     expect_fail "dd onto $ro after 'blockdev --setrw' still fails" \
         dd if=/dev/zero of="$ro" bs=4096 count=16 conv=fsync
+}
+
+# sized_dev_by_serial SERIAL: the /dev path of the drive with that serial and a non-zero
+# size, if there is one now (the size first: reading a serial sends GET_ID).
+sized_dev_by_serial() {
+    for d in /sys/block/vd*; do
+        [ "$(cat "$d/size" 2>/dev/null || echo 0)" != 0 ] || continue
+        if [ "$(cat "$d/serial" 2>/dev/null)" = "$1" ]; then
+            echo "/dev/${d##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# hot_attach SERIAL: asks the host for the drive and waits up to 60 s for it; sets HOT_DEV
+# to its /dev path.
+hot_attach() {
+    echo "LABGUEST-ATTACH $1"
+    _i=0
+    while [ "$_i" -lt 6000 ]; do
+        if HOT_DEV=$(sized_dev_by_serial "$1"); then return 0; fi
+        sleep 0.01
+        _i=$((_i + 1))
+    done
+    bad "drive $1 appears with a size within 60 s of LABGUEST-ATTACH (drives: $(report_drives | tr '\n' ';'))"
+    return 1
+}
+
+# hot_detach SERIAL DEV: asks the host to take the drive out, waits up to 60 s for DEV to
+# read as empty (size 0, no serial).
+hot_detach() {
+    echo "LABGUEST-DETACH $1"
+    _i=0
+    while [ "$_i" -lt 6000 ]; do
+        if [ "$(cat "/sys/block/${2#/dev/}/size")" = 0 ]; then
+            _serial=$(cat "/sys/block/${2#/dev/}/serial" 2>/dev/null)
+            if [ -z "$_serial" ]; then
+                ok "$1 detached: $2 is empty again (size 0, no serial)"
+            else
+                bad "$1 detached: $2 has size 0 but still the serial '$_serial'"
+            fi
+            return 0
+        fi
+        sleep 0.01
+        _i=$((_i + 1))
+    done
+    bad "$1 detached: $2 still has size $(cat "/sys/block/${2#/dev/}/size") 60 s after LABGUEST-DETACH"
+}
+
+test_hotplug() {
+    report_drives
+    spares=0
+    for d in /sys/block/vd*; do
+        [ -e "$d" ] || continue
+        if [ "$(cat "$d/size")" = 0 ] && [ -z "$(cat "$d/serial" 2>/dev/null)" ]; then
+            spares=$((spares + 1))
+        fi
+    done
+    if [ "$spares" -gt 0 ]; then
+        ok "the guest sees $spares empty drive slot(s) (size 0, no serial)"
+    else
+        bad "the guest sees empty drive slots (size 0, no serial)"
+        return
+    fi
+
+    hot_attach lab-hot-ro || return
+    ro=$HOT_DEV
+    size=$(cat "/sys/block/${ro#/dev/}/size")
+    want=$(param husk.hot_ro_sectors 0)
+    if [ "$size" = "$want" ]; then
+        ok "lab-hot-ro attached while running: $ro, size $size sectors, serial lab-hot-ro (GET_ID)"
+    else
+        bad "lab-hot-ro attached while running: $ro has size $size, expected $want"
+    fi
+    dmesg | grep -E "\[${ro#/dev/}\]|${ro#/dev/}: detected capacity change" | tail -n 2 |
+        sed 's/^/labguest: kernel: /'
+    mkdir -p /mnt/hot
+    if out=$(mount -t ext4 -o ro "$ro" /mnt/hot 2>&1); then
+        ok "mounted the ext4 of the attached $ro (lab-hot-ro) read-only"
+        expect_ok "/data (2 MiB, pattern 21) reads back from the attached lab-hot-ro" \
+            labtool check 21 2097152 /mnt/hot/data
+        umount /mnt/hot
+    else
+        bad "mount ext4 -o ro $ro (lab-hot-ro): $out"
+    fi
+    if [ "$(param husk.hot_mount_rw 0)" = 1 ]; then
+        # Not a check: what a read-write mount of read-only media in a spare slot does
+        # (the kernel believes the disk writable; the device refuses the writes).
+        if out=$(mount -t ext4 "$ro" /mnt/hot 2>&1); then
+            echo "LABGUEST-NOTE: a read-write mount of lab-hot-ro succeeded: $(grep " /mnt/hot " /proc/mounts)"
+            touch /mnt/hot/new 2>&1 | sed 's/^/LABGUEST-NOTE: touch: /'
+            sync
+            echo "LABGUEST-NOTE: after a write and sync: $(grep " /mnt/hot " /proc/mounts)"
+            umount /mnt/hot
+        else
+            echo "LABGUEST-NOTE: a read-write mount of lab-hot-ro failed: $out"
+            # What the agent does then: a read-only mount.
+            if out=$(mount -t ext4 -o ro "$ro" /mnt/hot 2>&1) &&
+                labtool check 21 2097152 /mnt/hot/data >/dev/null 2>&1; then
+                echo "LABGUEST-NOTE: a read-only mount after it works and /data reads back"
+            else
+                echo "LABGUEST-NOTE: a read-only mount after it fails: $out"
+            fi
+            umount /mnt/hot 2>/dev/null
+        fi
+    fi
+    if [ "$(param husk.hot_write_ro 0)" = 1 ]; then
+        # The kernel thinks the disk writable (the slot's features were fixed at boot):
+        # the write reaches the device, which refuses it (an I/O error on the console).
+        expect_fail "a raw write to the attached read-only $ro fails (refused by the device)" \
+            labtool write-fsync "$ro" 23 65536
+    fi
+    hot_detach lab-hot-ro "$ro"
+
+    hot_attach lab-hot-rw || return
+    rw=$HOT_DEV
+    size=$(cat "/sys/block/${rw#/dev/}/size")
+    want=$(param husk.hot_rw_sectors 0)
+    if [ "$size" = "$want" ]; then
+        ok "lab-hot-rw attached while running: $rw, size $size sectors"
+    else
+        bad "lab-hot-rw attached while running: $rw has size $size, expected $want"
+    fi
+    if labtool write-fsync "$rw" 24 1048576; then
+        echo 3 >/proc/sys/vm/drop_caches
+        expect_ok "1 MiB written raw to the attached lab-hot-rw (pattern 24) reads back" \
+            sh -c "head -c 1048576 $rw | labtool check 24 1048576"
+    else
+        bad "write-fsync of 1 MiB (pattern 24) to the attached $rw (lab-hot-rw)"
+    fi
+    hot_detach lab-hot-rw "$rw"
+
+    # A slot that held a drive takes one again.
+    hot_attach lab-hot-ro || return
+    ok "lab-hot-ro attached a second time: $HOT_DEV"
+    if out=$(mount -t ext4 -o ro "$HOT_DEV" /mnt/hot 2>&1); then
+        expect_ok "/data reads back from lab-hot-ro attached a second time ($HOT_DEV)" \
+            labtool check 21 2097152 /mnt/hot/data
+        umount /mnt/hot
+    else
+        bad "mount ext4 -o ro $HOT_DEV (lab-hot-ro, second time): $out"
+    fi
+    hot_detach lab-hot-ro "$HOT_DEV"
 }
 
 test_fsync() {
@@ -260,8 +418,9 @@ case "$test" in
     blk) test_blk ;;
     fsync) test_fsync ;;
     vsock) test_vsock ;;
+    hotplug) test_hotplug ;;
     fio) test_fio ;;
-    *) bad "unknown husk.test=$test (blk, fsync, vsock, fio)" ;;
+    *) bad "unknown husk.test=$test (blk, fsync, vsock, hotplug, fio)" ;;
 esac
 echo "LABGUEST-DONE $test"
 reboot -f

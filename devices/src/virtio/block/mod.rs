@@ -10,6 +10,10 @@
 //! and asks the driver for a reset. The backing file is locked (`flock`: shared when
 //! read-only, exclusive otherwise) so two VMs never write one disk behind each other's
 //! back.
+//!
+//! A drive may also be a spare slot with no media, into which media go and out of which
+//! they come while the guest runs (see [`Block::empty`]): how a running VM takes drives
+//! without hotplug.
 
 mod device;
 mod disk;
@@ -17,7 +21,7 @@ mod disk;
 pub mod fuzzing;
 pub mod request;
 
-pub use device::{Block, BlockConfig, BlockError};
+pub use device::{Block, BlockConfig, BlockCounters, BlockError, BlockMedia};
 
 /// The size of the request queue; `seg_max` is two less (header and status).
 pub const QUEUE_MAX_SIZE: u16 = 256;

@@ -64,6 +64,8 @@ pub enum RequestError {
     },
     /// write to a read-only disk
     ReadOnly,
+    /// the drive slot holds no drive
+    NoMedia,
     /// I/O error on the backing file: {0}
     Io(#[from] std::io::Error),
 }
