@@ -29,12 +29,15 @@ pub fn run_isolated(args: &[String]) -> ! {
     if let Err(e) = unshared {
         fail(&format_args!("cannot create PID and mount namespaces: {e}"));
     }
-    // Mounts made inside stay inside.
+    // Mounts made inside stay inside. Slaves, not private: a mount the runtime shares
+    // (a directory it made a shared mount before starting us) still passes mounts made
+    // under it on the host in, which is how a pod's later containers' root file systems
+    // arrive; every other mount of the host is private and stays so.
     if let Err(e) = rustix::mount::mount_change(
         "/",
-        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
     ) {
-        fail(&format_args!("cannot make the mounts private: {e}"));
+        fail(&format_args!("cannot make the mounts slaves: {e}"));
     }
     let inner_args = args.iter().filter(|a| *a != "--isolate");
     let status = Command::new("/proc/self/exe")

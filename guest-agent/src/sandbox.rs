@@ -185,6 +185,12 @@ impl Sandbox {
                     .map_err(|e| err(ErrorKind::WrongState, format!("resizing the terminal: {e}")))
             }
             Call::Stats { container_id } => self.stats(&container_id).map(Reply::Stats),
+            Call::UpdateResources {
+                container_id,
+                resources,
+            } => self
+                .update_resources(&container_id, resources)
+                .map(|()| Reply::Done),
             Call::Pids { container_id } => {
                 self.pids(&container_id).map(|pids| Reply::Pids { pids })
             }
@@ -332,7 +338,10 @@ impl Sandbox {
                 fs_type,
                 overlay,
             } => {
-                let path = self.drives.acquire(&serial, &fs_type).map_err(failed)?;
+                let path = self
+                    .drives
+                    .acquire(&serial, &fs_type, overlay)
+                    .map_err(failed)?;
                 held.drive = Some(serial);
                 (path, overlay)
             }
@@ -504,13 +513,20 @@ impl Sandbox {
         Ok(Reply::Done)
     }
 
-    fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
+    /// Runs `with` on a container's cgroup; `what` says what a container without one
+    /// cannot have.
+    fn with_cgroup<T>(
+        &self,
+        id: &str,
+        what: &str,
+        with: impl FnOnce(&Cgroup) -> Result<T, cgroups::CgroupError>,
+    ) -> Result<T, AgentError> {
         let container = self.container(id)?;
         let Some(cgroup) = container.held.cgroup.as_ref() else {
             return Err(err(
                 ErrorKind::Unsupported,
                 format!(
-                    "no stats for container '{id}': {}",
+                    "no {what} for container '{id}': {}",
                     self.cgroup_root
                         .as_ref()
                         .err()
@@ -518,9 +534,17 @@ impl Sandbox {
                 ),
             ));
         };
-        cgroup
-            .stats()
-            .map_err(|e| err(ErrorKind::Failed, e.to_string()))
+        with(cgroup).map_err(|e| err(ErrorKind::Failed, e.to_string()))
+    }
+
+    fn stats(&self, id: &str) -> Result<ContainerStats, AgentError> {
+        self.with_cgroup(id, "stats", Cgroup::stats)
+    }
+
+    fn update_resources(&self, id: &str, resources: serde_json::Value) -> Result<(), AgentError> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_value(resources)
+            .map_err(|e| err(ErrorKind::InvalidSpec, format!("the resources: {e}")))?;
+        self.with_cgroup(id, "resource limits", |cgroup| cgroup.apply(&resources))
     }
 
     fn pids(&self, id: &str) -> Result<Vec<i32>, AgentError> {

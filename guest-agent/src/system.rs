@@ -59,19 +59,48 @@ pub fn write_resolv_conf(servers: &[String], search: &[String]) -> io::Result<()
     std::fs::write("/etc/resolv.conf", text)
 }
 
-/// The block device whose virtio serial is `serial` (`/sys/block/vdX/serial`).
+/// How long [`find_drive`] waits for a drive: one attached to a running VM just before
+/// the request appears once the guest kernel has handled the device's configuration
+/// change, which takes a while on a slow (software) CPU.
+const DRIVE_PATIENCE: Duration = Duration::from_secs(20);
+const DRIVE_POLL: Duration = Duration::from_millis(10);
+
+/// The block device whose virtio serial is `serial` (`/sys/block/vdX/serial`) and that
+/// has media (a non-zero size: a spare slot reads as an empty disk until the host puts a
+/// drive in it). Waits up to [`DRIVE_PATIENCE`] for it.
 pub fn find_drive(serial: &str) -> Result<PathBuf, String> {
+    let deadline = std::time::Instant::now() + DRIVE_PATIENCE;
+    loop {
+        if let Some(device) = drive_with_serial(serial)? {
+            return Ok(device);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "no drive with serial '{serial}' (and a non-zero size) appeared within {}s",
+                DRIVE_PATIENCE.as_secs()
+            ));
+        }
+        std::thread::sleep(DRIVE_POLL);
+    }
+}
+
+fn drive_with_serial(serial: &str) -> Result<Option<PathBuf>, String> {
     let entries =
         std::fs::read_dir("/sys/block").map_err(|e| format!("cannot list /sys/block: {e}"))?;
     for entry in entries.flatten() {
+        // The size first: reading the serial costs a request to the device (GET_ID).
+        let size = std::fs::read_to_string(entry.path().join("size")).unwrap_or_default();
+        if size.trim().parse::<u64>().unwrap_or(0) == 0 {
+            continue;
+        }
         let Ok(found) = std::fs::read_to_string(entry.path().join("serial")) else {
             continue;
         };
         if found.trim_end_matches(['\n', '\0']) == serial {
-            return Ok(Path::new("/dev").join(entry.file_name()));
+            return Ok(Some(Path::new("/dev").join(entry.file_name())));
         }
     }
-    Err(format!("no drive with serial '{serial}'"))
+    Ok(None)
 }
 
 /// Whether `name` can name a directory of the agent's own: letters, digits, '-', '_' and
@@ -88,8 +117,10 @@ pub fn is_plain_name(name: &str) -> bool {
 /// `<dir>/<serial>`, and shared by the containers on it: the kernel refuses a second mount
 /// of a device with another read-only flag, so containers with a read-only and a writable
 /// root could not share a drive otherwise. A drive is mounted read-write unless the device
-/// is read-only; a container's read-only root is made read-only after its mounts, as for a
-/// directory rootfs (and as runc does), so mount points can still be made in it.
+/// is read-only or refuses the mount's writes (a read-only drive attached to a running VM:
+/// the guest kernel believes it writable); a container's read-only root is made read-only
+/// after its mounts, as for a directory rootfs (and as runc does), so mount points can
+/// still be made in it.
 pub struct Drives {
     dir: PathBuf,
     /// Serial → (file system type, containers using it).
@@ -104,8 +135,12 @@ impl Drives {
         }
     }
 
-    /// Mounts the drive with serial `serial` unless it is mounted; returns where.
-    pub fn acquire(&self, serial: &str, fs_type: &str) -> Result<PathBuf, String> {
+    /// Mounts the drive with serial `serial` unless it is mounted; returns where. A drive
+    /// that must stay unchanged (`read_only`: the lower layer of an overlay) is mounted
+    /// read-only from the start: one attached while the VM runs looks writable to the
+    /// kernel (its slot's features were fixed at boot), and the device would refuse the
+    /// superblock write a read-write mount makes.
+    pub fn acquire(&self, serial: &str, fs_type: &str, read_only: bool) -> Result<PathBuf, String> {
         if !is_plain_name(serial) {
             return Err(format!(
                 "'{serial}' is not a drive serial: letters, digits, '-', '_' or '.'"
@@ -122,16 +157,26 @@ impl Drives {
             *users += 1;
             return Ok(target);
         }
+        // The wait for a drive still arriving must not hold up other mounts and releases.
+        drop(mounted);
         let device = find_drive(serial)?;
+        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, users)) = mounted.get_mut(serial) {
+            *users += 1;
+            return Ok(target);
+        }
         std::fs::create_dir_all(&target)
             .map_err(|e| format!("creating {}: {e}", target.display()))?;
         let mount = |flags: MountFlags| {
             rustix::mount::mount(&device, &target, fs_type, flags, None::<&std::ffi::CStr>)
         };
-        let flags = MountFlags::NOSUID | MountFlags::NODEV;
+        let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
+        if read_only {
+            flags |= MountFlags::RDONLY;
+        }
         let result = match mount(flags) {
             // A read-only device: a read-only mount.
-            Err(rustix::io::Errno::ROFS | rustix::io::Errno::ACCESS) => {
+            Err(rustix::io::Errno::ROFS | rustix::io::Errno::ACCESS) if !read_only => {
                 mount(flags | MountFlags::RDONLY)
             }
             other => other,
@@ -158,7 +203,11 @@ impl Drives {
         if *users == 0 {
             mounted.remove(serial);
             let target = self.dir.join(serial);
-            unmount(&target);
+            // Not lazily if it can be helped: the host may take the drive away next and
+            // put other media in its slot, which a lingering superblock must not meet.
+            if rustix::mount::unmount(&target, UnmountFlags::empty()).is_err() {
+                unmount(&target);
+            }
             let _ = std::fs::remove_dir(&target);
         }
     }

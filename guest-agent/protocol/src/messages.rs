@@ -6,7 +6,7 @@ use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 /// The version both sides must speak; a mismatch fails the hello.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The first frame of every connection, from the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +111,12 @@ pub enum Call {
     },
     /// Resource use of a container (cgroup v2).
     Stats { container_id: String },
+    /// Changes a container's resource limits: `resources` is an OCI `LinuxResources`
+    /// object, applied to its cgroup as at creation.
+    UpdateResources {
+        container_id: String,
+        resources: serde_json::Value,
+    },
     /// The pids (as the agent sees them) of a container's processes.
     Pids { container_id: String },
     /// Removes a container whose processes have exited; with `force`, kills them first.
