@@ -73,6 +73,19 @@ impl Config {
         })
     }
 
+    /// This configuration with every key that `over` sets taken from `over`.
+    pub fn overridden_by(self, over: Config) -> Config {
+        Config {
+            hypervisor: over.hypervisor.or(self.hypervisor),
+            kernel: over.kernel.or(self.kernel),
+            initrd: over.initrd.or(self.initrd),
+            memory_mib: over.memory_mib.or(self.memory_mib),
+            vcpus: over.vcpus.or(self.vcpus),
+            root: over.root.or(self.root),
+            cache: over.cache.or(self.cache),
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| {
             // toml's message is several lines with a caret drawing; the first line says

@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use husk_protocol::{CreateContainer, StdioConfig};
+use husk_protocol::{CreateContainer, Rootfs, StdioConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::ClientError;
+use crate::agent::{AgentClient, ClientError};
 use crate::hypervisor::Kind;
-use crate::sandbox::{PreparedSandbox, Sandbox, SandboxError, SandboxOptions};
+use crate::sandbox::{Attachment, PreparedSandbox, Sandbox, SandboxError, SandboxOptions};
 use crate::state::{ContainerState, ProcessRef, StateError, StateRoot, Status};
 use crate::stdio::{HostStdio, Relay, Streams};
 use crate::storage::{self, RootfsSource, StorageError};
@@ -96,11 +96,18 @@ impl Launch {
     }
 }
 
-/// A container created in its sandbox, held by this process.
-pub struct Held {
+/// A container created in a sandbox, its output relayed by this process.
+pub struct Member {
     id: String,
-    sandbox: Sandbox,
     relay: Relay,
+    /// What its root file system came into the sandbox as, if it needed anything.
+    attachment: Option<Attachment>,
+}
+
+/// A container created in its own sandbox, held by this process.
+pub struct Held {
+    sandbox: Sandbox,
+    member: Member,
 }
 
 /// Set by a signal handler to abandon a start in progress; checked between the steps.
@@ -127,23 +134,100 @@ pub fn create(
         hostname: launch.hostname.clone(),
     };
     let mut prepared = PreparedSandbox::new(&options)?;
-    let cache = husk_storage::Cache::new(&launch.cache);
-    let rootfs = storage::prepare(&cache, &launch.rootfs, &prepared.capabilities())?;
+    let rootfs = prepare_rootfs(launch, &prepared.capabilities(), &drive_serial(0))?;
     check()?;
+    // A drive the guest finds at boot stays as long as the sandbox.
     if let Some(drive) = rootfs.drive {
         prepared.add_drive(drive)?;
     }
     let sandbox = prepared.start()?;
     check()?;
+    let member = create_in(&sandbox, launch, rootfs.for_agent, None, root, host)?;
+    check()?;
+    Ok(Held { sandbox, member })
+}
+
+/// Creates the launch's container in a sandbox that already runs (the next container of
+/// a pod): its root file system reaches the sandbox while it runs, as a drive or a shared
+/// directory.
+pub fn join(
+    sandbox: &mut Sandbox,
+    launch: &Launch,
+    root: &StateRoot,
+    host: HostStdio,
+) -> Result<Member, ContainerError> {
+    let serial = drive_serial(sandbox.drives_added());
+    let rootfs = prepare_rootfs(launch, &sandbox.capabilities(), &serial)?;
+    let (for_agent, attachment) = match (rootfs.drive, rootfs.for_agent) {
+        (Some(drive), for_agent) => (for_agent, Attachment::Drive(sandbox.add_drive(drive)?)),
+        (None, Rootfs::Directory { path, overlay }) => {
+            let path = sandbox.share_directory(&path, &launch.id)?;
+            let for_agent = Rootfs::Directory { path, overlay };
+            (for_agent, Attachment::Directory(launch.id.clone()))
+        }
+        (None, Rootfs::BlockDevice { serial, .. }) => {
+            return Err(ContainerError::Launch {
+                id: launch.id.clone(),
+                message: format!("drive {serial} has no image"),
+            })
+        }
+    };
+    let created = create_in(
+        sandbox,
+        launch,
+        for_agent,
+        Some(attachment.clone()),
+        root,
+        host,
+    );
+    if created.is_err() {
+        if let Err(e) = sandbox.detach(&attachment) {
+            log::warn!(
+                "container {}: taking back its root file system: {e}",
+                launch.id
+            );
+        }
+    }
+    created
+}
+
+/// The serial of a sandbox's n-th root file system drive (short: serials have 20 bytes).
+fn drive_serial(n: usize) -> String {
+    format!("rootfs{n}")
+}
+
+fn prepare_rootfs(
+    launch: &Launch,
+    capabilities: &crate::hypervisor::Capabilities,
+    serial: &str,
+) -> Result<storage::Prepared, ContainerError> {
+    let cache = husk_storage::Cache::new(&launch.cache);
+    Ok(storage::prepare(
+        &cache,
+        &launch.rootfs,
+        capabilities,
+        serial,
+    )?)
+}
+
+/// Step 3 in a running sandbox: the container's streams, the agent's create, and the state
+/// that says `created`.
+fn create_in(
+    sandbox: &Sandbox,
+    launch: &Launch,
+    rootfs: Rootfs,
+    attachment: Option<Attachment>,
+    root: &StateRoot,
+    host: HostStdio,
+) -> Result<Member, ContainerError> {
     let agent = sandbox.agent();
     let streams = Streams::open(agent, &launch.id, None, launch.stdio)?;
     let pid = agent.create_container(CreateContainer {
         container_id: launch.id.clone(),
         spec: launch.spec.clone(),
-        rootfs: rootfs.for_agent,
+        rootfs,
         stdio: launch.stdio,
     })?;
-    check()?;
     let relay = Relay::start(streams, host).map_err(ContainerError::Stdio)?;
     let _lock = root.lock(&launch.id)?;
     let mut state = root.load(&launch.id)?;
@@ -153,10 +237,10 @@ pub fn create(
     state.agent = Some(sandbox.agent_address()?);
     state.agent_pid = Some(pid);
     root.save(&state)?;
-    Ok(Held {
+    Ok(Member {
         id: launch.id.clone(),
-        sandbox,
         relay,
+        attachment,
     })
 }
 
@@ -190,7 +274,7 @@ pub fn initial_state(launch: &Launch) -> ContainerState {
 
 impl Held {
     pub fn id(&self) -> &str {
-        &self.id
+        &self.member.id
     }
 
     pub fn sandbox(&self) -> &Sandbox {
@@ -200,8 +284,33 @@ impl Held {
     /// Step 4: waits for the container's process to exit, records it and stops the
     /// sandbox.
     pub fn wait(self, root: &StateRoot) -> Result<Exit, ContainerError> {
-        let Held { id, sandbox, relay } = self;
-        let exit = match sandbox.agent().wait(&id, None) {
+        let Held { sandbox, member } = self;
+        let waited = member.wait(sandbox.agent(), root);
+        sandbox.stop()?;
+        waited
+    }
+
+    /// The sandbox, for more containers to join, and the container in it.
+    pub fn into_parts(self) -> (Sandbox, Member) {
+        (self.sandbox, self.member)
+    }
+}
+
+impl Member {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What its root file system came into the sandbox as, to take back with it.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        self.attachment.as_ref()
+    }
+
+    /// Waits for the container's first process to exit, drains its output and records
+    /// the exit; the sandbox stays.
+    pub fn wait(self, agent: &AgentClient, root: &StateRoot) -> Result<Exit, ContainerError> {
+        let Member { id, relay, .. } = self;
+        let exit = match agent.wait(&id, None) {
             Ok(exit) => Exit {
                 code: exit.status.shell_code(),
                 at_ns: exit.exited_at_ns,
@@ -219,16 +328,13 @@ impl Held {
                 }
             }
         };
-        let code = exit.code;
         relay.finish(DRAIN_PATIENCE);
-        let recorded = root.lock(&id).and_then(|_lock| {
+        root.lock(&id).and_then(|_lock| {
             let mut state = root.load(&id)?;
             state.status = Status::Stopped;
-            state.exit_code = Some(code);
+            state.exit_code = Some(exit.code);
             root.save(&state)
-        });
-        sandbox.stop()?;
-        recorded?;
+        })?;
         Ok(exit)
     }
 }

@@ -4,7 +4,7 @@
 //! root file systems need, waits for the agent and hands it the sandbox-wide settings.
 //! Stopping it (or dropping it) stops the backend, which ends everything inside.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use husk_protocol::SandboxConfig;
@@ -23,6 +23,8 @@ pub enum SandboxError {
     Agent(#[from] ClientError),
     /// the host cannot boot the guest: {0}
     NoVm(String),
+    /// a drive without an id cannot be found in the guest
+    DriveWithoutId,
 }
 
 /// What a sandbox is made of.
@@ -38,15 +40,25 @@ pub struct SandboxOptions {
     pub hostname: Option<String>,
 }
 
+/// Something given to a running sandbox for one container, by its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    Drive(String),
+    Directory(String),
+}
+
 pub struct Sandbox {
     hypervisor: Box<dyn Hypervisor>,
     agent: Arc<AgentClient>,
+    /// How many drives were ever added (their serials stay unique).
+    drives_added: usize,
 }
 
-/// A backend chosen and set up, not yet started: drives can still be added.
+/// A backend chosen and set up, not yet started.
 pub struct PreparedSandbox {
     hypervisor: Box<dyn Hypervisor>,
     hostname: Option<String>,
+    drives_added: usize,
 }
 
 impl PreparedSandbox {
@@ -86,6 +98,7 @@ impl PreparedSandbox {
         Ok(PreparedSandbox {
             hypervisor,
             hostname: options.hostname.clone(),
+            drives_added: 0,
         })
     }
 
@@ -93,8 +106,9 @@ impl PreparedSandbox {
         self.hypervisor.capabilities()
     }
 
-    pub fn add_drive(&mut self, drive: DriveConfig) -> Result<(), SandboxError> {
-        Ok(self.hypervisor.add_drive(drive)?)
+    /// Adds a drive the guest finds at boot; answers its id.
+    pub fn add_drive(&mut self, drive: DriveConfig) -> Result<String, SandboxError> {
+        add_drive(&mut *self.hypervisor, &mut self.drives_added, drive)
     }
 
     /// Starts the backend and configures its agent.
@@ -102,6 +116,7 @@ impl PreparedSandbox {
         let PreparedSandbox {
             mut hypervisor,
             hostname,
+            drives_added,
         } = self;
         hypervisor.start()?;
         let agent = AgentClient::connect(hypervisor.agent_connector()?)?;
@@ -117,6 +132,7 @@ impl PreparedSandbox {
         Ok(Sandbox {
             hypervisor,
             agent: Arc::new(agent),
+            drives_added,
         })
     }
 }
@@ -125,6 +141,36 @@ impl Sandbox {
     /// The control connection, shared (a signal thread uses it too).
     pub fn agent(&self) -> &Arc<AgentClient> {
         &self.agent
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.hypervisor.capabilities()
+    }
+
+    /// How many drives were added so far, removed ones included.
+    pub fn drives_added(&self) -> usize {
+        self.drives_added
+    }
+
+    /// Adds a drive to the running sandbox (a pod's next container); answers its id.
+    pub fn add_drive(&mut self, drive: DriveConfig) -> Result<String, SandboxError> {
+        add_drive(&mut *self.hypervisor, &mut self.drives_added, drive)
+    }
+
+    /// Makes a host directory visible to the running sandbox under `id`; answers where
+    /// the agent finds it.
+    pub fn share_directory(&mut self, path: &Path, id: &str) -> Result<PathBuf, SandboxError> {
+        Ok(self.hypervisor.share_directory(path, id)?)
+    }
+
+    /// Takes back a drive or directory given to the running sandbox, once nothing in it
+    /// uses that any more.
+    pub fn detach(&mut self, attachment: &Attachment) -> Result<(), SandboxError> {
+        let detached = match attachment {
+            Attachment::Drive(id) => self.hypervisor.remove_drive(id),
+            Attachment::Directory(id) => self.hypervisor.unshare_directory(id),
+        };
+        Ok(detached?)
     }
 
     pub fn agent_address(&self) -> Result<AgentAddress, SandboxError> {
@@ -146,6 +192,18 @@ impl Sandbox {
     pub fn stop(mut self) -> Result<(), SandboxError> {
         Ok(self.hypervisor.stop()?)
     }
+}
+
+/// Adds `drive` (which must carry an id: the runtime finds drives by it) and counts it.
+fn add_drive(
+    hypervisor: &mut dyn Hypervisor,
+    drives_added: &mut usize,
+    drive: DriveConfig,
+) -> Result<String, SandboxError> {
+    let id = drive.id.clone().ok_or(SandboxError::DriveWithoutId)?;
+    hypervisor.add_drive(drive)?;
+    *drives_added += 1;
+    Ok(id)
 }
 
 /// Seed for the guest's entropy pool; a sandbox without it still works, just starts with

@@ -231,14 +231,30 @@ impl StateRoot {
             .map_err(self.io(&state.id, &path))
     }
 
-    /// Removes a container's directory and everything in it.
+    /// Removes a container's directory and everything in it. Mounts left in it (by a
+    /// sandbox process that was killed) are detached first: removing files must never
+    /// reach through a mount into what it shows (a shared root file system).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         check_id(id)?;
         let dir = self.dir(id);
+        detach_mounts_below(&dir);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.io(id, &dir)(e)),
+        }
+    }
+
+    /// Removes a container's state but keeps its directory, which still holds what others
+    /// use (a pod's sandbox lives in its first container's directory); `remove` takes
+    /// the directory later.
+    pub fn forget(&self, id: &str) -> Result<(), StateError> {
+        check_id(id)?;
+        let path = self.dir(id).join("state.json");
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(id, &path)(e)),
         }
     }
 
@@ -275,6 +291,51 @@ pub fn check_id(id: &str) -> Result<(), StateError> {
     }
 }
 
+/// Detaches every mount at or below `dir`, deepest first.
+fn detach_mounts_below(dir: &Path) {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    // Field 5 is the mount point, with spaces and the like escaped as octal.
+    let mut points: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_point)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        if let Err(e) = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH) {
+            log::warn!("detaching {}: {e}", point.display());
+        }
+    }
+}
+
+/// A mount point as /proc/self/mountinfo writes it (`\040` for a space, and so on).
+fn unescape_mount_point(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|digits| {
+            let text = std::str::from_utf8(digits).ok()?;
+            u8::from_str_radix(text, 8).ok()
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 /// Now, as RFC 3339 in UTC with nanoseconds (what runc's state shows).
 pub fn now_rfc3339() -> String {
     let since = SystemTime::now()
@@ -307,6 +368,15 @@ fn rfc3339(secs: u64, nanos: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(
+            unescape_mount_point("/run/a\\040b\\134c"),
+            PathBuf::from("/run/a b\\c")
+        );
+        assert_eq!(unescape_mount_point("/x\\04"), PathBuf::from("/x\\04"));
+    }
 
     #[test]
     fn dates_are_rfc3339() {

@@ -19,9 +19,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::hypervisor::Capabilities;
 
-/// The drive serial a container's root file system has in the guest.
-const ROOTFS_SERIAL: &str = "rootfs";
-
 /// Where a container's root file system comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -61,11 +58,13 @@ pub struct Prepared {
     pub drive: Option<DriveConfig>,
 }
 
-/// Prepares `source` for a backend with `capabilities`.
+/// Prepares `source` for a backend with `capabilities`; a drive it needs gets `serial`
+/// (unique in its sandbox, at most 20 bytes), by which the agent finds it.
 pub fn prepare(
     cache: &Cache,
     source: &RootfsSource,
     capabilities: &Capabilities,
+    serial: &str,
 ) -> Result<Prepared, StorageError> {
     if capabilities.rootfs_as_block_device {
         let (dir, key) = match source {
@@ -75,14 +74,14 @@ pub fn prepare(
         let image = husk_storage::ext4_image(cache, &key, &dir)?;
         return Ok(Prepared {
             for_agent: Rootfs::BlockDevice {
-                serial: ROOTFS_SERIAL.into(),
+                serial: serial.to_owned(),
                 fs_type: "ext4".into(),
                 overlay: true,
             },
             drive: Some(DriveConfig {
                 path: image,
                 read_only: true,
-                id: Some(ROOTFS_SERIAL.into()),
+                id: Some(serial.to_owned()),
             }),
         });
     }

@@ -232,6 +232,18 @@ impl AgentClient {
         }
     }
 
+    /// Applies new resource limits (an OCI `LinuxResources` object) to a container.
+    pub fn update_resources(
+        &self,
+        container_id: &str,
+        resources: serde_json::Value,
+    ) -> Result<(), ClientError> {
+        self.expect_done(Call::UpdateResources {
+            container_id: container_id.to_owned(),
+            resources,
+        })
+    }
+
     pub fn pids(&self, container_id: &str) -> Result<Vec<i32>, ClientError> {
         match self.call(Call::Pids {
             container_id: container_id.to_owned(),

@@ -4,6 +4,13 @@
 //!
 //! The VM runs on a thread of this process ("husk-vmm", which starts the vCPU threads);
 //! the sandbox lives exactly as long as the process holding it.
+//!
+//! Drives added before the start are the VM's own (the guest finds them at boot, and
+//! read-only ones are read-only to its kernel). virtio-mmio has no hotplug, so the VM also
+//! gets [`DEFAULT_SPARE_DRIVES`] empty drive slots, and drives added after the start go
+//! into those and come out again with `remove_drive`. The guest kernel cannot learn that
+//! such a drive is read-only (the slot's features were fixed at boot): the device refuses
+//! its writes, and the guest must mount it read-only.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -12,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
-    VsockConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, DriveHandle, KernelConfig, MemoryConfig, StopHandle, VcpuConfig,
+    Vmm, VmmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 
 use super::{connect_agent, AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
@@ -24,6 +31,12 @@ const BOOT_PATIENCE: Duration = Duration::from_secs(180);
 
 /// The guest's vsock context id; each VM has its own device, so every one can use 3.
 const GUEST_CID: u64 = 3;
+
+/// Empty drive slots a VM gets for drives added while it runs (a pod's later containers).
+/// Each costs one virtio-mmio window and one of the 19 interrupt lines the VMM has for
+/// virtio devices (vsock and the boot drives take others), an empty `/dev/vdX` in the
+/// guest, and nothing else.
+pub const DEFAULT_SPARE_DRIVES: u8 = 4;
 
 pub struct BuiltinConfig {
     pub kernel: PathBuf,
@@ -37,22 +50,32 @@ pub struct BuiltinConfig {
 
 struct Running {
     stop: StopHandle,
+    drives: DriveHandle,
     thread: JoinHandle<()>,
 }
 
 pub struct BuiltinBackend {
     config: BuiltinConfig,
+    spare_drives: u8,
     drives: Vec<DriveConfig>,
     running: Option<Running>,
 }
 
 impl BuiltinBackend {
+    /// A backend whose VM will have [`DEFAULT_SPARE_DRIVES`] spare drive slots.
     pub fn new(config: BuiltinConfig) -> BuiltinBackend {
         BuiltinBackend {
             config,
+            spare_drives: DEFAULT_SPARE_DRIVES,
             drives: Vec::new(),
             running: None,
         }
+    }
+
+    /// Sets how many drives can be added once the VM runs (the next start's VM).
+    pub fn with_spare_drives(mut self, spare_drives: u8) -> BuiltinBackend {
+        self.spare_drives = spare_drives;
+        self
     }
 
     fn uds(&self) -> PathBuf {
@@ -111,6 +134,7 @@ impl Hypervisor for BuiltinBackend {
             source,
         })?;
         let config = self.vmm_config();
+        let spare_drives = self.spare_drives;
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
         let (built_tx, built_rx) = mpsc::channel();
         let ended_by_thread = ended.clone();
@@ -119,14 +143,14 @@ impl Hypervisor for BuiltinBackend {
         let thread = std::thread::Builder::new()
             .name("husk-vmm".into())
             .spawn(move || {
-                let vmm = match Vmm::new(config) {
+                let vmm = match Vmm::with_spare_drives(config, spare_drives) {
                     Ok(vmm) => vmm,
                     Err(e) => {
                         let _ = built_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
-                let _ = built_tx.send(Ok(vmm.stop_handle()));
+                let _ = built_tx.send(Ok((vmm.stop_handle(), vmm.drive_handle())));
                 let how = match vmm.run() {
                     Ok(exit) => format!("the VM ended: {}", exit.reason),
                     Err(e) => format!("the VM failed: {e}"),
@@ -135,8 +159,8 @@ impl Hypervisor for BuiltinBackend {
                 *ended_by_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(how);
             })
             .map_err(HypervisorError::Start)?;
-        let stop = match built_rx.recv() {
-            Ok(Ok(stop)) => stop,
+        let (stop, drives) = match built_rx.recv() {
+            Ok(Ok(handles)) => handles,
             Ok(Err(message)) => {
                 let _ = thread.join();
                 return Err(HypervisorError::Start(std::io::Error::other(message)));
@@ -149,7 +173,11 @@ impl Hypervisor for BuiltinBackend {
             }
         };
         let console = self.console_log();
-        self.running = Some(Running { stop, thread });
+        self.running = Some(Running {
+            stop,
+            drives,
+            thread,
+        });
         let answered = connect_agent(
             AgentAddress::hybrid_vsock(self.uds()).connector(),
             BOOT_PATIENCE,
@@ -168,13 +196,28 @@ impl Hypervisor for BuiltinBackend {
     }
 
     fn add_drive(&mut self, drive: DriveConfig) -> Result<(), HypervisorError> {
-        if self.running.is_some() {
-            return Err(HypervisorError::Unsupported(
-                "drives can only be added before the VM starts (virtio-mmio has no hotplug)".into(),
-            ));
+        match &self.running {
+            // Into a spare slot: the guest sees it at once.
+            Some(running) => Ok(running.drives.attach(drive)?),
+            None => {
+                self.drives.push(drive);
+                Ok(())
+            }
         }
-        self.drives.push(drive);
-        Ok(())
+    }
+
+    fn remove_drive(&mut self, id: &str) -> Result<(), HypervisorError> {
+        match &self.running {
+            Some(running) => Ok(running.drives.detach(id)?),
+            None => {
+                let before = self.drives.len();
+                self.drives.retain(|d| d.id.as_deref() != Some(id));
+                if self.drives.len() == before {
+                    return Err(husk_vmm::DriveError::UnknownId(id.to_owned()).into());
+                }
+                Ok(())
+            }
+        }
     }
 
     fn agent_address(&self) -> Result<AgentAddress, HypervisorError> {
@@ -204,5 +247,42 @@ impl Hypervisor for BuiltinBackend {
 impl Drop for BuiltinBackend {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> BuiltinBackend {
+        BuiltinBackend::new(BuiltinConfig {
+            kernel: "/nonexistent/vmlinux".into(),
+            initrd: "/nonexistent/initrd".into(),
+            memory_mib: 64,
+            vcpus: 1,
+            dir: "/nonexistent/sandbox".into(),
+            kvm_device: "/dev/kvm".into(),
+        })
+    }
+
+    fn drive(id: &str) -> DriveConfig {
+        DriveConfig {
+            path: format!("/images/{id}.img").into(),
+            read_only: true,
+            id: Some(id.into()),
+        }
+    }
+
+    #[test]
+    fn before_the_start_drives_are_the_vms_own_and_can_be_taken_back() {
+        let mut b = backend();
+        assert_eq!(b.spare_drives, DEFAULT_SPARE_DRIVES);
+        b.add_drive(drive("rootfs0")).expect("adding");
+        b.add_drive(drive("rootfs1")).expect("adding");
+        b.remove_drive("rootfs0").expect("removing");
+        assert_eq!(b.vmm_config().drives, vec![drive("rootfs1")]);
+        let err = b.remove_drive("rootfs0").expect_err("removed twice");
+        assert!(err.to_string().contains("rootfs0"), "{err}");
+        assert_eq!(backend().with_spare_drives(0).spare_drives, 0);
     }
 }

@@ -4,7 +4,7 @@
 //! gives no hardware isolation; the runtime announces it when it is chosen.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -50,6 +50,35 @@ impl HostBackend {
     fn socket(&self) -> PathBuf {
         self.config.dir.join("agent.sock")
     }
+
+    /// Where directories are shared with the running agent.
+    fn shared(&self) -> PathBuf {
+        self.config.dir.join("shared")
+    }
+
+    fn shared_path(&self, id: &str) -> Result<PathBuf, HypervisorError> {
+        let plain = !id.is_empty() && !id.starts_with('.') && !id.contains('/');
+        match plain {
+            true => Ok(self.shared().join(id)),
+            false => Err(HypervisorError::Unsupported(format!(
+                "'{id}' cannot name a shared directory"
+            ))),
+        }
+    }
+}
+
+/// Makes `dir` a mount of its own in a peer group of its own (a shared mount), so that a
+/// mount namespace copied from this one and made a slave (the agent's) receives the mounts
+/// made under it later. Everything else stays private to each side.
+fn share_mounts(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    rustix::mount::mount_bind(dir, dir)?;
+    let shared = rustix::mount::mount_change(dir, rustix::mount::MountPropagationFlags::SHARED);
+    if let Err(e) = shared {
+        let _ = rustix::mount::unmount(dir, rustix::mount::UnmountFlags::DETACH);
+        return Err(e.into());
+    }
+    Ok(())
 }
 
 /// The agent binary for the host backend: `$HUSK_AGENT`, else `husk-agent` next to the
@@ -106,6 +135,7 @@ impl Hypervisor for HostBackend {
             ))));
         }
         let log = std::fs::File::create(dir.join("agent.log")).map_err(directory)?;
+        share_mounts(&self.shared()).map_err(directory)?;
         let mut command = Command::new(&self.config.agent);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: the closure runs in the child between fork and exec, where only
@@ -197,6 +227,44 @@ impl Hypervisor for HostBackend {
         ))
     }
 
+    fn remove_drive(&mut self, id: &str) -> Result<(), HypervisorError> {
+        // add_drive never takes one, so no id can name a drive here.
+        Err(HypervisorError::Unsupported(format!(
+            "the host backend has no drives (asked to remove '{id}')"
+        )))
+    }
+
+    /// A bind mount under the shared directory, which the agent's mount namespace
+    /// receives (it is a slave of it).
+    fn share_directory(&mut self, path: &Path, id: &str) -> Result<PathBuf, HypervisorError> {
+        if self.agent.is_none() {
+            return Err(HypervisorError::NotRunning);
+        }
+        let target = self.shared_path(id)?;
+        let failed = |source| HypervisorError::Directory {
+            path: target.clone(),
+            source,
+        };
+        std::fs::create_dir(&target).map_err(failed)?;
+        let bound = rustix::mount::mount_bind_recursive(path, &target);
+        if let Err(e) = bound {
+            let _ = std::fs::remove_dir(&target);
+            return Err(failed(e.into()));
+        }
+        Ok(target)
+    }
+
+    fn unshare_directory(&mut self, id: &str) -> Result<(), HypervisorError> {
+        let target = self.shared_path(id)?;
+        let failed = |source| HypervisorError::Directory {
+            path: target.clone(),
+            source,
+        };
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| failed(e.into()))?;
+        std::fs::remove_dir(&target).map_err(failed)
+    }
+
     fn agent_address(&self) -> Result<AgentAddress, HypervisorError> {
         if self.agent.is_none() {
             return Err(HypervisorError::NotRunning);
@@ -226,7 +294,14 @@ impl Hypervisor for HostBackend {
             }
             let _ = keeper.thread.join();
         }
-        Ok(())
+        // With the directories shared into it (lazily: the whole tree goes).
+        match rustix::mount::unmount(self.shared(), rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(HypervisorError::Directory {
+                path: self.shared(),
+                source: e.into(),
+            }),
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 pub mod builtin;
 pub mod host;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub enum HypervisorError {
     NotRunning,
     /// {0}
     Unsupported(String),
+    /// {0}
+    Drive(#[from] husk_vmm::DriveError),
 }
 
 /// The backends, as configuration and the command line name them.
@@ -77,8 +79,31 @@ pub trait Hypervisor: Send {
     fn capabilities(&self) -> Capabilities;
     /// Starts the sandbox and waits until its agent serves.
     fn start(&mut self) -> Result<(), HypervisorError>;
-    /// Adds a drive the guest will see; only before `start` (virtio-mmio has no hotplug).
+    /// Adds a drive the guest will see. Before `start` the guest finds it at boot; once the
+    /// sandbox runs it goes into a free spare slot (virtio-mmio has no hotplug), where it
+    /// needs an id and the guest cannot tell that it is read-only (mount it read-only).
     fn add_drive(&mut self, drive: DriveConfig) -> Result<(), HypervisorError>;
+    /// Takes out a drive added once the sandbox ran, by its id, when nothing in the guest
+    /// uses it any more (it reads as an empty disk afterwards); before `start`, forgets a
+    /// drive added so far. Drives the guest found at boot stay.
+    fn remove_drive(&mut self, id: &str) -> Result<(), HypervisorError>;
+    /// Makes a host directory visible to the running sandbox's agent, under `id`;
+    /// answers the path the agent finds it at. Only backends whose containers' root file
+    /// systems are directories (the host backend) can.
+    fn share_directory(&mut self, path: &Path, id: &str) -> Result<PathBuf, HypervisorError> {
+        let _ = (path, id);
+        Err(HypervisorError::Unsupported(format!(
+            "the {} backend cannot share directories",
+            self.kind()
+        )))
+    }
+    /// Takes back a directory shared under `id`, once nothing in the sandbox uses it.
+    fn unshare_directory(&mut self, id: &str) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(format!(
+            "the {} backend shares no directory '{id}'",
+            self.kind()
+        )))
+    }
     /// Where the agent listens, for this process and for later `husk` commands.
     fn agent_address(&self) -> Result<AgentAddress, HypervisorError>;
     /// Opens connections to the agent (control and stdio streams).

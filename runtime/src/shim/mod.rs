@@ -6,14 +6,18 @@
 //! `delete` to clean up after a shim that is gone. The shim process holds the sandbox:
 //! with the builtin backend it is the VMM.
 //!
-//! This first version hosts one container per shim process (pods of several containers
-//! join one sandbox next); the Task service covers Create, Start, State, Wait, Kill, Pids,
-//! Delete, Connect and Shutdown, and publishes TaskCreate, TaskStart, TaskExit and
-//! TaskDelete.
+//! One shim process per pod: containers whose `io.kubernetes.cri.sandbox-id` annotation
+//! names a pod join its sandbox through its shim (a container without the annotation is
+//! a pod of its own). The first container of a pod must be its sandbox container (the one
+//! whose id is the pod's), as CRI creates them; the last one's deletion stops the
+//! sandbox.
 
+mod metrics;
+mod options;
 mod task;
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use containerd_shim as shim;
@@ -67,8 +71,12 @@ impl shim::Shim for HuskShim {
         }
     }
 
+    /// One shim per pod: the socket address is derived from the pod's id, so a container
+    /// of a pod whose shim runs gets that shim's address (the spawned process finds the
+    /// address serving, reports it and exits).
     fn start_shim(&mut self, opts: shim::StartOpts) -> Result<String, shim::Error> {
-        let grouping = opts.id.clone();
+        let annotations = bundle_annotations(Path::new("config.json"));
+        let grouping = pod_id(&annotations, &opts.id).to_owned();
         let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
         Ok(address)
     }
@@ -95,6 +103,32 @@ impl shim::Shim for HuskShim {
             publisher,
         )
     }
+}
+
+/// The annotation by which CRI (or `ctr run --annotation`) names a container's pod.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod a container belongs to: the one its annotation names, else its own.
+pub fn pod_id<'a>(annotations: &'a BTreeMap<String, String>, container_id: &'a str) -> &'a str {
+    annotations
+        .get(SANDBOX_ID_ANNOTATION)
+        .map(String::as_str)
+        .filter(|id| !id.is_empty())
+        .unwrap_or(container_id)
+}
+
+/// The annotations of the bundle's spec; none if it cannot be read (Create reports that).
+fn bundle_annotations(config: &Path) -> BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Annotated {
+        #[serde(default)]
+        annotations: BTreeMap<String, String>,
+    }
+    std::fs::read(config)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Annotated>(&json).ok())
+        .map(|spec| spec.annotations)
+        .unwrap_or_default()
 }
 
 /// The binary's `main`.

@@ -9,10 +9,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim as shim;
-use husk_protocol::{ExecProcess, StdioConfig};
+use husk_protocol::{Event, ExecProcess, StdioConfig};
 use shim::api;
 use shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart,
 };
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::MessageDyn;
@@ -23,9 +23,10 @@ use shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::agent::AgentClient;
 use crate::cli::{Context, SandboxFlags};
-use crate::container::{self, Launch};
+use crate::container::{self, Launch, Member};
+use crate::sandbox::{Attachment, Sandbox};
 use crate::spec;
-use crate::state::Status as OciStatus;
+use crate::state::{StateRoot, Status as OciStatus};
 use crate::stdio::{HostStdio, Relay, Streams};
 use crate::storage::RootfsSource;
 
@@ -94,11 +95,39 @@ impl Process {
     }
 }
 
+/// The sandbox this shim holds, shared by the containers of its pod.
+struct Pod {
+    /// The pod's id, which is its sandbox container's: that container's state directory
+    /// holds the sandbox's own.
+    id: String,
+    agent: Arc<AgentClient>,
+    /// `None` once stopped.
+    sandbox: Mutex<Option<Sandbox>>,
+}
+
+impl Pod {
+    fn sandbox(&self) -> MutexGuard<'_, Option<Sandbox>> {
+        self.sandbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the sandbox and everything in it.
+    fn stop(&self) {
+        if let Some(sandbox) = self.sandbox().take() {
+            if let Err(e) = sandbox.stop() {
+                log::warn!("pod {}: stopping its sandbox: {e}", self.id);
+            }
+        }
+    }
+}
+
 /// One container of this shim.
 struct Entry {
     id: String,
     bundle: PathBuf,
+    pod: Arc<Pod>,
     agent: Arc<AgentClient>,
+    /// What its root file system came into the sandbox as, if anything.
+    attachment: Option<Attachment>,
     init: Process,
     execs: Mutex<HashMap<String, Arc<Process>>>,
 }
@@ -143,6 +172,8 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
     publisher: Arc<RemotePublisher>,
     containers: Mutex<HashMap<String, Arc<Entry>>>,
+    /// The pod, from its first container's Create on.
+    pod: Mutex<Option<Arc<Pod>>>,
     /// Exec'd processes' specs between Exec and their Start.
     pending_execs: Mutex<HashMap<(String, String), oci_spec::runtime::Process>>,
 }
@@ -153,6 +184,13 @@ fn error(code: Code, message: impl ToString) -> ttrpc::Error {
 
 fn failed(e: impl std::fmt::Display) -> ttrpc::Error {
     error(Code::INTERNAL, e)
+}
+
+fn not_implemented(what: &str) -> ttrpc::Error {
+    error(
+        Code::UNIMPLEMENTED,
+        format!("{what} is not implemented by husk"),
+    )
 }
 
 pub fn timestamp_now() -> Timestamp {
@@ -187,6 +225,7 @@ impl TaskService {
             exit,
             publisher: Arc::new(publisher),
             containers: Mutex::default(),
+            pod: Mutex::default(),
             pending_execs: Mutex::default(),
         }
     }
@@ -284,6 +323,14 @@ impl TaskService {
     /// from containerd's FIFOs, its sandbox started and its process created.
     fn create_container(&self, req: &api::CreateTaskRequest) -> Result<Arc<Entry>, String> {
         let context = self.context.as_ref().map_err(String::clone)?;
+        let overrides = super::options::config(req.options.as_ref())?;
+        let context = &Context {
+            config: match overrides {
+                Some(over) => context.config.clone().overridden_by(over),
+                None => context.config.clone(),
+            },
+            root: context.root.clone(),
+        };
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = bundle.join("rootfs");
         for mount in &req.rootfs {
@@ -331,18 +378,19 @@ impl TaskService {
         )?;
         let root = &context.root;
         container::register(&launch, root).map_err(|e| e.to_string())?;
-        let never = Arc::new(AtomicBool::new(false));
-        let held = match container::create(&launch, root, host, &never) {
-            Ok(held) => held,
+        let (pod, member) = match self.create_or_join(&launch, root, host) {
+            Ok(created) => created,
             Err(e) => {
                 let _ = root.remove(&req.id);
-                return Err(e.to_string());
+                return Err(e);
             }
         };
         let entry = Arc::new(Entry {
             id: req.id.clone(),
             bundle: bundle.to_owned(),
-            agent: held.sandbox().agent().clone(),
+            agent: pod.agent.clone(),
+            pod,
+            attachment: member.attachment().cloned(),
             init: Process::new(fifos),
             execs: Mutex::default(),
         });
@@ -354,7 +402,7 @@ impl TaskService {
         std::thread::Builder::new()
             .name(format!("wait-{}", req.id))
             .spawn(move || {
-                let (status, at_ns) = match held.wait(&root) {
+                let (status, at_ns) = match member.wait(&waiter.agent, &root) {
                     Ok(exit) => (exit.code as u32, exit.at_ns),
                     Err(e) => {
                         log::warn!("container {}: {e}", waiter.id);
@@ -379,6 +427,113 @@ impl TaskService {
             })
             .map_err(|e| e.to_string())?;
         Ok(entry)
+    }
+
+    /// The pod's first container starts its sandbox; the others join it.
+    fn create_or_join(
+        &self,
+        launch: &Launch,
+        root: &StateRoot,
+        host: HostStdio,
+    ) -> Result<(Arc<Pod>, Member), String> {
+        let pod_id = super::pod_id(&launch.annotations, &launch.id).to_owned();
+        let mut slot = self.pod.lock().unwrap_or_else(|p| p.into_inner());
+        let pod = match slot.as_ref() {
+            Some(pod) if pod.id == pod_id => pod.clone(),
+            Some(pod) => {
+                return Err(format!(
+                    "container {} belongs to pod {pod_id}, but this shim holds pod {}",
+                    launch.id, pod.id
+                ))
+            }
+            None if pod_id != launch.id => {
+                return Err(format!(
+                    "container {} joins pod {pod_id}, which does not exist: a pod's first \
+                     container must be its sandbox container, whose id is the pod's",
+                    launch.id
+                ))
+            }
+            None => {
+                // Held while the sandbox starts, so that nothing joins it before.
+                let never = Arc::new(AtomicBool::new(false));
+                let held =
+                    container::create(launch, root, host, &never).map_err(|e| e.to_string())?;
+                let (sandbox, member) = held.into_parts();
+                let pod = Arc::new(Pod {
+                    id: pod_id,
+                    agent: sandbox.agent().clone(),
+                    sandbox: Mutex::new(Some(sandbox)),
+                });
+                self.relay_oom_events(&pod.agent)
+                    .map_err(|e| e.to_string())?;
+                *slot = Some(pod.clone());
+                return Ok((pod, member));
+            }
+        };
+        drop(slot);
+        let member = match pod.sandbox().as_mut() {
+            Some(sandbox) => container::join(sandbox, launch, root, host),
+            None => return Err(format!("pod {pod_id} has stopped")),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((pod, member))
+    }
+
+    /// Tells containerd about every OOM kill the agent reports, until the sandbox ends.
+    fn relay_oom_events(&self, agent: &AgentClient) -> std::io::Result<()> {
+        let events = agent.subscribe();
+        let (namespace, publisher) = (self.namespace.clone(), self.publisher.clone());
+        std::thread::Builder::new()
+            .name("oom-events".into())
+            .spawn(move || {
+                for event in events {
+                    if let Event::Oom { container_id } = event {
+                        let oom = TaskOOM {
+                            container_id,
+                            ..Default::default()
+                        };
+                        let topic = topics::TASK_OOM_EVENT_TOPIC;
+                        publish(&publisher, &namespace, topic, Box::new(oom));
+                    }
+                }
+            })
+            .map(drop)
+    }
+
+    /// Deletes a container that has exited: the last one of the pod stops the sandbox; any
+    /// other leaves it, freeing what the container held in it.
+    fn remove_container(&self, entry: &Entry, root: &StateRoot) -> Result<(), String> {
+        let others = {
+            let mut containers = self.containers();
+            containers.remove(&entry.id);
+            !containers.is_empty()
+        };
+        let pod = &entry.pod;
+        if !others {
+            pod.stop();
+            *self.pod.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            unmount_rootfs(&entry.bundle);
+            root.remove(&entry.id).map_err(|e| e.to_string())?;
+            return root.remove(&pod.id).map_err(|e| e.to_string());
+        }
+        if let Err(e) = pod.agent.remove_container(&entry.id, true) {
+            log::warn!("container {}: removing it from its sandbox: {e}", entry.id);
+        }
+        if let (Some(attachment), Some(sandbox)) = (&entry.attachment, pod.sandbox().as_mut()) {
+            if let Err(e) = sandbox.detach(attachment) {
+                log::warn!(
+                    "container {}: taking back its root file system: {e}",
+                    entry.id
+                );
+            }
+        }
+        unmount_rootfs(&entry.bundle);
+        match entry.id == pod.id {
+            // Its directory holds the sandbox's until the pod's last container goes.
+            true => root.forget(&entry.id),
+            false => root.remove(&entry.id),
+        }
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -447,6 +602,11 @@ pub fn remove_leftovers(context: &Context, id: &str) -> Result<(), String> {
     let root = &context.root;
     if let Ok(state) = root.load(id) {
         container::teardown(&state)?;
+        // The pod's directory, if its sandbox container was deleted already.
+        let pod = super::pod_id(&state.annotations, id);
+        if pod != id && root.load(pod).is_err() {
+            root.remove(pod).map_err(|e| e.to_string())?;
+        }
     }
     root.remove(id).map_err(|e| e.to_string())?;
     if let Ok(cwd) = std::env::current_dir() {
@@ -715,9 +875,8 @@ impl shim::Task for TaskService {
             return Ok(response);
         }
         let context = self.context()?;
-        context.root.remove(&req.id).map_err(failed)?;
-        unmount_rootfs(&entry.bundle);
-        self.containers().remove(&req.id);
+        self.remove_container(&entry, &context.root)
+            .map_err(failed)?;
         self.publish(
             topics::TASK_DELETE_EVENT_TOPIC,
             Box::new(TaskDelete {
@@ -729,6 +888,60 @@ impl shim::Task for TaskService {
             }),
         );
         Ok(response)
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let entry = self.entry(&req.id)?;
+        let stats = entry.agent.stats(&req.id).map_err(failed)?;
+        let mut any = shim::protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = super::metrics::TYPE_URL.to_owned();
+        any.value = super::metrics::encode(&stats);
+        Ok(api::StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
+    }
+
+    /// New resource limits for a container: containerd sends an OCI `LinuxResources` as
+    /// JSON.
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let entry = self.entry(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| error(Code::INVALID_ARGUMENT, "an update without resources"))?;
+        let resources: serde_json::Value =
+            serde_json::from_slice(&resources.value).map_err(|e| {
+                error(
+                    Code::INVALID_ARGUMENT,
+                    format!("the resources ({}): {e}", resources.type_url),
+                )
+            })?;
+        entry
+            .agent
+            .update_resources(&req.id, resources)
+            .map_err(failed)?;
+        Ok(api::Empty::new())
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        Err(not_implemented("pausing a container"))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        Err(not_implemented("resuming a container"))
+    }
+
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(not_implemented("checkpointing a container"))
     }
 
     fn connect(
