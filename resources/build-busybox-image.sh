@@ -14,7 +14,17 @@
 # /bin/busybox and this script. Every digest and size is checked before the image is
 # renamed into place. Prints the image's path on stdout; progress goes to stderr.
 #
-# Usage: resources/build-busybox-image.sh   (needs busybox-static, coreutils, tar, gzip)
+# Other images on the same busybox root file system differ only in their name and in
+# what they run: the options below make them (resources/build-pause-image.sh is one), so
+# that no second script repeats the layout code.
+#
+# Usage: resources/build-busybox-image.sh [--name REF] [--output FILE]
+#                                         [--entrypoint JSON] [--cmd JSON]
+#   --name REF         the image name in index.json (default docker.io/library/busybox:latest)
+#   --output FILE      where the tar goes (default $HUSK_CACHE_DIR/images/busybox.tar)
+#   --entrypoint JSON  the config's Entrypoint, a JSON array of strings (default: none)
+#   --cmd JSON         the config's Cmd, a JSON array of strings (default ["sh"])
+# (needs busybox-static, coreutils, tar, gzip)
 set -euo pipefail
 umask 022
 
@@ -25,9 +35,10 @@ readonly SCRIPT=$SCRIPT_DIR/${BASH_SOURCE[0]##*/}
 . "$SCRIPT_DIR/../scripts/lib.sh"
 
 readonly BUSYBOX=/bin/busybox
-readonly IMAGES=${HUSK_CACHE_DIR:-/var/cache/husk}/images
-readonly IMAGE=$IMAGES/busybox.tar
-readonly IMAGE_NAME=docker.io/library/busybox:latest
+IMAGE=${HUSK_CACHE_DIR:-/var/cache/husk}/images/busybox.tar
+IMAGE_NAME=docker.io/library/busybox:latest
+ENTRYPOINT=
+CMD='["sh"]'
 readonly IMAGE_PATH_ENV=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 readonly MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
@@ -53,6 +64,37 @@ readonly TAR_DETERMINISTIC
 
 sha256_of() { sha256sum -- "$1" | cut -d' ' -f1; }
 size_of() { stat -c %s -- "$1"; }
+
+# A JSON array of strings, as far as this script needs to know: [] or ["...",...] with no
+# backslash (the arrays are written into the config as they are given).
+is_json_array() {
+    [[ $1 =~ ^\[\ *\]$ || $1 =~ ^\[\ *\"[^\"\\]*\"(\ *,\ *\"[^\"\\]*\")*\ *\]$ ]]
+}
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        [ $# -ge 2 ] || die "$1 needs a value (see the usage at the top of $SCRIPT)"
+        case $1 in
+        --name) IMAGE_NAME=$2 ;;
+        --output) IMAGE=$2 ;;
+        --entrypoint) ENTRYPOINT=$2 ;;
+        --cmd) CMD=$2 ;;
+        *) die "unknown option $1 (see the usage at the top of $SCRIPT)" ;;
+        esac
+        shift 2
+    done
+    [[ $IMAGE_NAME =~ ^[a-z0-9./:_-]+$ ]] || die "bad image name: $IMAGE_NAME"
+    [[ $IMAGE == *.tar ]] || die "the output must be a .tar file: $IMAGE"
+    if [ -n "$ENTRYPOINT" ]; then
+        is_json_array "$ENTRYPOINT" || die "--entrypoint is no JSON array of strings: $ENTRYPOINT"
+    fi
+    is_json_array "$CMD" || die "--cmd is no JSON array of strings: $CMD"
+    IMAGES=$(dirname -- "$IMAGE")
+    # What the image is built from besides busybox and this script: an image built with
+    # other options is out of date.
+    KEY="name=$IMAGE_NAME entrypoint=$ENTRYPOINT cmd=$CMD"
+    readonly IMAGE IMAGE_NAME ENTRYPOINT CMD IMAGES KEY
+}
 
 # Fills the rootfs directory $1.
 build_rootfs() {
@@ -105,8 +147,11 @@ build_layout() {
     add_blob "$work/layer.tar.gz"
     layer_hex=$BLOB_HEX layer_size=$BLOB_SIZE
 
-    printf '{"architecture":"amd64","os":"linux","config":{"Env":["%s"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-        "$IMAGE_PATH_ENV" "$diff_id" >"$work/config.json"
+    local run=
+    [ -z "$ENTRYPOINT" ] || run=",\"Entrypoint\":$ENTRYPOINT"
+    run+=",\"Cmd\":$CMD"
+    printf '{"architecture":"amd64","os":"linux","config":{"Env":["%s"]%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$IMAGE_PATH_ENV" "$run" "$diff_id" >"$work/config.json"
     add_blob "$work/config.json"
     config_hex=$BLOB_HEX config_size=$BLOB_SIZE
 
@@ -166,27 +211,35 @@ verify_layout() {
 }
 
 main() {
+    parse_args "$@"
+    local what=${IMAGE##*/}
     [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install Debian's busybox-static: apt-get install busybox-static)"
     "$BUSYBOX" --list-full >/dev/null 2>&1 || die "$BUSYBOX has no --list-full (not Debian's busybox-static?)"
-    if [ -f "$IMAGE" ] && [ "$IMAGE" -nt "$BUSYBOX" ] && [ "$IMAGE" -nt "$SCRIPT" ]; then
-        step "busybox image: up to date"
+    if [ -f "$IMAGE" ] && [ "$IMAGE" -nt "$BUSYBOX" ] && [ "$IMAGE" -nt "$SCRIPT" ] &&
+        [ "$(cat -- "$IMAGE.key" 2>/dev/null)" = "$KEY" ]; then
+        step "$what: up to date"
         printf '%s\n' "$IMAGE"
         return 0
     fi
     mkdir -p "$IMAGES" 2>/dev/null ||
         die "cannot create $IMAGES (run as root, or set HUSK_CACHE_DIR to a writable directory)"
 
-    step "busybox image: building $IMAGE from $BUSYBOX"
+    step "$what: building $IMAGE ($IMAGE_NAME) from $BUSYBOX"
     local tmp
     # In $IMAGES, so that the finished tar is renamed into place on the same file system.
-    tmp=$(mktemp -d "$IMAGES/.busybox.XXXXXX")
+    tmp=$(mktemp -d "$IMAGES/.$what.XXXXXX")
     TEMPS+=("$tmp")
     build_layout "$tmp/layout"
     verify_layout "$tmp/layout"
-    tar "${TAR_DETERMINISTIC[@]}" -C "$tmp/layout" -cf "$tmp/busybox.tar" oci-layout index.json blobs
-    chmod 0644 "$tmp/busybox.tar"
-    mv -f -- "$tmp/busybox.tar" "$IMAGE"
-    step "busybox image: done"
+    tar "${TAR_DETERMINISTIC[@]}" -C "$tmp/layout" -cf "$tmp/image.tar" oci-layout index.json blobs
+    chmod 0644 "$tmp/image.tar"
+    # The image first, then its key: a run stopped between the two leaves a new image
+    # with an old key, which the next run rebuilds (the other order could leave an old
+    # image that looks up to date).
+    printf '%s\n' "$KEY" >"$tmp/image.key"
+    mv -f -- "$tmp/image.tar" "$IMAGE"
+    mv -f -- "$tmp/image.key" "$IMAGE.key"
+    step "$what: done"
     printf '%s\n' "$IMAGE"
 }
 

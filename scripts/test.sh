@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need_rust
 
 step "packages"
-apt_install build-essential qemu-system-x86 busybox-static cpio e2fsprogs containerd runc
+apt_install build-essential qemu-system-x86 busybox-static cpio e2fsprogs containerd runc \
+    protobuf-compiler
 
 step "guest kernel, agent and initramfs (resources/build-guest.sh)"
 resources/build-guest.sh

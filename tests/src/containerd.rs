@@ -3,7 +3,14 @@
 //! root, state and sockets of its own under one directory, driven with the unmodified
 //! `ctr`. Dropping it stops containerd and every shim it started, unmounts what they left
 //! and removes the directory.
+//!
+//! [`Containerd::start_cri`] starts one with its CRI plugin as well, for a CRI client
+//! ([`crate::cri`]): runtimes `runc` (the default) and `husk`, the pause image of
+//! resources/build-pause-image.sh as its sandbox image, no CNI (the tests' pods use the
+//! host's network). [`husk_shim_env`] is the environment under which containerd finds
+//! and configures husk's shim.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,12 +21,29 @@ use crate::Error;
 /// The image name the busybox image carries (resources/build-busybox-image.sh).
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:latest";
 
-/// The namespace the tests use (CRI's is `k8s.io`).
+/// The namespace the tests use with `ctr`.
 pub const NAMESPACE: &str = "husk-test";
+
+/// The namespace of containerd's CRI plugin: its pods and containers, and the images it
+/// can run, live there.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// The image name the pause image carries (resources/build-pause-image.sh): the CRI
+/// plugin's `sandbox_image`.
+pub const PAUSE_IMAGE: &str = "localhost/husk-pause:latest";
+
+/// husk's runtime type in containerd (the shim binary `containerd-shim-husk-v2`).
+pub const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
+
+/// The CRI runtime handlers of [`Containerd::start_cri`]: runc, the default, and husk.
+pub const RUNC_HANDLER: &str = "runc";
+pub const HUSK_HANDLER: &str = "husk";
 
 pub struct Containerd {
     dir: PathBuf,
     child: Option<Child>,
+    /// The namespaces whose tasks and containers the drop removes.
+    namespaces: &'static [&'static str],
 }
 
 impl Containerd {
@@ -31,10 +55,19 @@ impl Containerd {
 
     /// The same, with variables added to containerd's environment (which its shims
     /// inherit: a PATH that finds a shim, a runtime's configuration).
-    pub fn start_with_env(
-        name: &str,
-        env: &[(&str, std::ffi::OsString)],
-    ) -> Result<Containerd, Error> {
+    pub fn start_with_env(name: &str, env: &[(&str, OsString)]) -> Result<Containerd, Error> {
+        Containerd::start_config(name, env, false)
+    }
+
+    /// The same, with the CRI plugin enabled (see the module's documentation; the
+    /// configuration is in [`cri_config`]). The images CRI runs, the pause image among
+    /// them, are imported with [`Containerd::import_cri`]; a CRI client must wait until
+    /// the plugin is initialized ([`crate::cri::CriClient::connect`] does).
+    pub fn start_cri(name: &str, env: &[(&str, OsString)]) -> Result<Containerd, Error> {
+        Containerd::start_config(name, env, true)
+    }
+
+    fn start_config(name: &str, env: &[(&str, OsString)], cri: bool) -> Result<Containerd, Error> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let binary = which("containerd").ok_or_else(|| {
@@ -48,18 +81,30 @@ impl Containerd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error(format!("creating {}: {e}", dir.display())))?;
-        let config = format!(
+        // containerd's own default for what the opt plugin installs is /opt/containerd:
+        // a private one keeps the host untouched.
+        let mut config = format!(
             "version = 2\n\
              root = \"{root}\"\n\
              state = \"{state}\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             disabled_plugins = [{disabled}]\n\
              [grpc]\n  address = \"{sock}\"\n\
              [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
-             [debug]\n  address = \"\"\n",
+             [debug]\n  address = \"\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{opt}\"\n",
             root = dir.join("root").display(),
             state = dir.join("state").display(),
             sock = dir.join("c.sock").display(),
+            opt = dir.join("opt").display(),
+            disabled = if cri {
+                ""
+            } else {
+                "\"io.containerd.grpc.v1.cri\""
+            },
         );
+        if cri {
+            config.push_str(&cri_config(&dir));
+        }
         std::fs::write(dir.join("config.toml"), config)
             .map_err(|e| Error(format!("writing containerd's config: {e}")))?;
         let log = std::fs::File::create(dir.join("containerd.log"))
@@ -76,6 +121,11 @@ impl Containerd {
         let mut containerd = Containerd {
             dir,
             child: Some(child),
+            namespaces: if cri {
+                &[NAMESPACE, CRI_NAMESPACE]
+            } else {
+                &[NAMESPACE]
+            },
         };
         containerd.wait_until_serving()?;
         Ok(containerd)
@@ -115,29 +165,58 @@ impl Containerd {
         self.dir.join("c.sock")
     }
 
+    /// The directory that holds all of this containerd's files (root, state, sockets,
+    /// configuration, log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// A `ctr` command against this containerd, in the test namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    /// A `ctr` command against this containerd, in `namespace`.
+    pub fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(self.address())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args);
         cmd
     }
 
-    /// Runs `ctr ARGS` (60 s at most).
+    /// Runs `ctr ARGS` in the test namespace (60 s at most).
     pub fn ctr(&self, args: &[&str]) -> Result<Run, Error> {
-        run_with_timeout(&mut self.ctr_command(args), Duration::from_secs(60))
+        self.ctr_in(NAMESPACE, args)
     }
 
-    /// Imports an OCI image tar (`ctr image import`); returns nothing, the image is then
-    /// known by the name its index carries.
+    /// Runs `ctr ARGS` in `namespace` (60 s at most).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Result<Run, Error> {
+        run_with_timeout(
+            &mut self.ctr_command_in(namespace, args),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// Imports an OCI image tar into the test namespace (`ctr image import`); returns
+    /// nothing, the image is then known by the name its index carries.
     pub fn import(&self, image: &Path) -> Result<(), Error> {
+        self.import_into(NAMESPACE, image)
+    }
+
+    /// Imports an OCI image tar into CRI's namespace, where the CRI plugin finds it (as
+    /// its sandbox image, or as a container's image) without pulling.
+    pub fn import_cri(&self, image: &Path) -> Result<(), Error> {
+        self.import_into(CRI_NAMESPACE, image)
+    }
+
+    fn import_into(&self, namespace: &str, image: &Path) -> Result<(), Error> {
         let image = image.to_string_lossy();
-        let run = self.ctr(&["image", "import", &image])?;
+        let run = self.ctr_in(namespace, &["image", "import", &image])?;
         if run.code() != Some(0) {
             return Err(Error(format!(
-                "ctr image import failed\n{}",
+                "ctr -n {namespace} image import failed\n{}",
                 run.describe()
             )));
         }
@@ -145,35 +224,140 @@ impl Containerd {
     }
 }
 
+/// The CRI plugin's part of the configuration, for a containerd whose files are under
+/// `dir`. Every path the plugin writes is there, and it opens no fixed TCP port:
+/// - runtimes: `runc` (the default, `runtime_handler` "" or "runc"), with runc's state
+///   under `dir` too (ids of concurrent runs cannot clash there), and `husk`;
+/// - `sandbox_image`: the local pause image (no registry is reached);
+/// - `restrict_oom_score_adj`: a container's oom_score_adj may not go below
+///   containerd's own, since these machines give no CAP_SYS_RESOURCE to lower it;
+/// - cgroupfs, not systemd (there is no systemd here); host cgroups are v1 (hybrid);
+/// - no AppArmor or SELinux: the test pods ask for no profile or label, and a host may
+///   have neither;
+/// - no CNI: its directories are private and empty, since the tests' pods use the
+///   host's network (CRI calls no CNI plugin for those);
+/// - the streaming server (exec, attach, port-forward URLs, unused by ExecSync) on an
+///   ephemeral loopback port, so that concurrent containerds do not fight over 10010.
+pub fn cri_config(dir: &Path) -> String {
+    const CRI: &str = "plugins.\"io.containerd.grpc.v1.cri\"";
+    format!(
+        "[{CRI}]\n\
+         \x20 sandbox_image = \"{PAUSE_IMAGE}\"\n\
+         \x20 restrict_oom_score_adj = true\n\
+         \x20 disable_apparmor = true\n\
+         \x20 enable_selinux = false\n\
+         \x20 stream_server_address = \"127.0.0.1\"\n\
+         \x20 stream_server_port = \"0\"\n\
+         [{CRI}.containerd]\n\
+         \x20 snapshotter = \"overlayfs\"\n\
+         \x20 default_runtime_name = \"{RUNC_HANDLER}\"\n\
+         [{CRI}.containerd.runtimes.{RUNC_HANDLER}]\n\
+         \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+         [{CRI}.containerd.runtimes.{RUNC_HANDLER}.options]\n\
+         \x20 SystemdCgroup = false\n\
+         \x20 Root = \"{runc_root}\"\n\
+         [{CRI}.containerd.runtimes.{HUSK_HANDLER}]\n\
+         \x20 runtime_type = \"{HUSK_RUNTIME}\"\n\
+         [{CRI}.cni]\n\
+         \x20 bin_dir = \"{cni}/bin\"\n\
+         \x20 conf_dir = \"{cni}/net.d\"\n",
+        runc_root = dir.join("runc").display(),
+        cni = dir.join("cni").display(),
+    )
+}
+
+/// The environment under which containerd runs husk's shim, for the test `name`: the
+/// husk binaries' directory first on PATH (containerd finds `containerd-shim-husk-v2`
+/// there), and `HUSK_CONFIG` naming a private configuration, written into `scratch`:
+/// the host backend (DESIGN.md, layer 4), the state root [`husk_state_root`] and an
+/// image cache in `scratch`.
+pub fn husk_shim_env(name: &str, scratch: &Path) -> Result<Vec<(&'static str, OsString)>, Error> {
+    let config = scratch.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hypervisor = \"host\"\nroot = \"{}\"\ncache = \"{}\"\n",
+            husk_state_root(name),
+            scratch.join("cache").display()
+        ),
+    )
+    .map_err(|e| Error(format!("writing {}: {e}", config.display())))?;
+    // The shim is built next to husk.
+    let husk = crate::husk::husk_binary()?;
+    let bin_dir = husk
+        .parent()
+        .ok_or_else(|| Error(format!("{} has no parent directory", husk.display())))?;
+    let mut path = OsString::from(bin_dir);
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    Ok(vec![("PATH", path), ("HUSK_CONFIG", config.into())])
+}
+
+/// The husk state root of the test `name` (see [`husk_shim_env`]): short, since it holds
+/// sockets, and its own. The test removes it when done.
+pub fn husk_state_root(name: &str) -> String {
+    format!("/tmp/husk-shim-state-{name}-{}", std::process::id())
+}
+
+/// The pause image as resources/build-pause-image.sh builds it, into
+/// `dir/images/pause.tar`; returns that path.
+pub fn pause_image(dir: &Path) -> Result<PathBuf, Error> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-pause-image.sh");
+    let out = Command::new(&script)
+        .env("HUSK_CACHE_DIR", dir)
+        .output()
+        .map_err(|e| Error(format!("{}: {e}", script.display())))?;
+    if !out.status.success() {
+        return Err(Error(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(dir.join("images/pause.tar"))
+}
+
 impl Containerd {
-    /// Kills and deletes every task and container of the test namespace through
-    /// containerd, as a user would: container processes are no children of the shims and
-    /// would outlive them.
-    fn remove_all(&self) {
+    /// Kills and deletes every task and container of `namespace` through containerd, as
+    /// a user would: container processes are no children of the shims and would outlive
+    /// them. In CRI's namespace this bypasses the CRI plugin, which may be deleting the
+    /// same tasks as their exits reach it: a task that is gone is done with.
+    fn remove_all(&self, namespace: &str) {
         let list = |what: &str| -> Vec<String> {
-            self.ctr(&[what, "ls", "-q"])
+            self.ctr_in(namespace, &[what, "ls", "-q"])
                 .map(|run| run.stdout.lines().map(str::to_owned).collect())
                 .unwrap_or_default()
         };
-        for task in list("task") {
-            let _ = self.ctr(&["task", "kill", "--signal", "SIGKILL", "--all", &task]);
+        let tasks = list("task");
+        // Every task is killed before any is deleted, so that no deletion (a pod
+        // sandbox's, say) waits on containers of its pod that still run.
+        for task in &tasks {
+            let _ = self.ctr_in(
+                namespace,
+                &["task", "kill", "--signal", "SIGKILL", "--all", task],
+            );
+        }
+        for task in &tasks {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
-                match self.ctr(&["task", "delete", &task]) {
+                match self.ctr_in(namespace, &["task", "delete", task]) {
                     Ok(run) if run.code() == Some(0) => break,
+                    _ if !list("task").contains(task) => break,
                     _ => std::thread::sleep(Duration::from_millis(50)),
                 }
             }
         }
         for container in list("container") {
-            let _ = self.ctr(&["container", "rm", &container]);
+            let _ = self.ctr_in(namespace, &["container", "rm", &container]);
         }
     }
 }
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        self.remove_all();
+        for namespace in self.namespaces {
+            self.remove_all(namespace);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

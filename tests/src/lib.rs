@@ -9,6 +9,7 @@
 //! - [`containerd`]: a private containerd for the end-to-end tests, driven with `ctr`.
 
 pub mod containerd;
+pub mod cri;
 pub mod elf;
 pub mod guests;
 pub mod husk;
