@@ -37,4 +37,7 @@ tests/lab/run.sh agent
 step "layer 5: husk run and the runc-style lifecycle with the builtin backend (tests/lab/run.sh runtime)"
 tests/lab/run.sh runtime
 
+step "layer 5: containerd and ctr with husk's shim and the builtin backend (tests/lab/run.sh containerd)"
+tests/lab/run.sh containerd
+
 step "all tests passed"

@@ -79,14 +79,24 @@ if ldd "$BUSYBOX" >/dev/null 2>&1; then
 fi
 
 # The lab kernel: Debian's cloud kernel (the package linux-image-cloud-amd64 depends on)
-# and its modules irqbypass, kvm, kvm-amd, downloaded once into $CACHE/kernel.
+# and its modules, downloaded once into $CACHE/kernel: irqbypass, kvm, kvm-amd for the
+# VMMs under test, and overlay for containerd's overlayfs snapshotter (the containerd
+# scenario). A cache from before a module was added here is downloaded again.
+MODULES="irqbypass kvm kvm-amd overlay"
+lab_kernel_complete() {
+    [ -f "$1/complete" ] || return 1
+    local mod
+    for mod in $MODULES; do
+        [ -f "$1/$mod.ko" ] || return 1
+    done
+}
 fetch_lab_kernel() {
     local dir=$CACHE/kernel
-    [ -f "$dir/complete" ] && return 0
+    lab_kernel_complete "$dir" && return 0
     mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     flock 9
-    if [ -f "$dir/complete" ]; then
+    if lab_kernel_complete "$dir"; then
         exec 9>&-
         return 0
     fi
@@ -117,7 +127,7 @@ fetch_lab_kernel() {
     [ -n "$vmlinuz" ] || die "$pkg has no /boot/vmlinuz-*"
     cp "$vmlinuz" "$tmp/kernel/vmlinuz"
     local mod file
-    for mod in irqbypass kvm kvm-amd; do
+    for mod in $MODULES; do
         file=$(find "$tmp/x/lib/modules" -name "$mod.ko" -o -name "$mod.ko.xz" | head -n 1)
         [ -n "$file" ] || die "$pkg has no module $mod"
         case "$file" in
@@ -218,6 +228,8 @@ for m in irqbypass kvm kvm-amd; do
     insmod /lab/modules/$m.ko || { echo "lab: FAIL: insmod $m.ko failed"; finish 125; }
 done
 [ -c /dev/kvm ] || { echo "lab: FAIL: no /dev/kvm after loading kvm-amd"; finish 125; }
+# overlayfs, for containerd's snapshotter; a scenario that needs it fails without it.
+insmod /lab/modules/overlay.ko || echo "lab: warning: insmod overlay.ko failed"
 echo "lab: kernel $(uname -r) with kvm-amd up after $(cut -d' ' -f1 /proc/uptime) s"
 . /lab/env
 cd /tmp

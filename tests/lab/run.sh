@@ -28,6 +28,12 @@
 #                                      bundle, the runc-style lifecycle, kill -9 of a sandbox
 #                                      then delete --force), then RUNS (default 3) husk run
 #                                      vs runc run of one bundle as FIGURE: lines
+#   tests/lab/run.sh containerd [RUNS] the test: husk's containerd shim (containerd-shim-
+#                                      husk-v2) with the builtin backend under a private
+#                                      containerd driven by ctr (ctr run --rm, a detached
+#                                      task with exec/ps/kill/delete, a pod of two
+#                                      containers in one shim), then RUNS (default 3) ctr
+#                                      run --rm with husk vs runc as FIGURE: lines
 #   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
 #                                      against husk's devices, with the device-test guest
 #                                      (tests/lab/guest); TESTs: blk fsync vsock (default:
@@ -103,7 +109,7 @@ case "$GROUP" in
             case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
         done
         ;;
-    bench-boot | bench-blk | runtime)
+    bench-boot | bench-blk | runtime | containerd)
         RUNS=${1:-3}
         if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
         if [ "$GROUP" = bench-blk ]; then
@@ -274,6 +280,31 @@ INIT
             FILES+=("$runc")
             ENVS+=("RUNC=$runc")
         fi
+        ;;
+    containerd)
+        scenario=$HERE/scenarios/containerd.sh
+        need_guest
+        apt_install e2fsprogs busybox-static containerd runc
+        mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) ||
+            die "mkfs.ext4 is not installed (e2fsprogs)"
+        tools=()
+        for tool in containerd ctr runc containerd-shim-runc-v2; do
+            path=$(PATH=$PATH:/usr/sbin:/sbin command -v "$tool") ||
+                die "$tool is not installed (containerd, runc)"
+            tools+=("$path")
+        done
+        HUSK_CACHE_DIR=$CACHE_DIR "$REPO/resources/build-busybox-image.sh" >&2 ||
+            die "resources/build-busybox-image.sh failed"
+        husk=$(husk_binary)
+        # The shim is built next to husk (`cargo build --release -p husk-runtime`).
+        shim=$(dirname "$husk")/containerd-shim-husk-v2
+        [ -x "$shim" ] || die "no $shim next to $husk: cargo build --release -p husk-runtime builds both"
+        FILES+=("$husk" "$shim" "$GUEST_KERNEL" "$GUEST_INITRD" "$mkfs"
+            "$CACHE_DIR/images/busybox.tar" "${tools[@]}")
+        ENVS+=("HUSK=$husk" "HUSK_SHIM=$shim" "GUEST_KERNEL=$GUEST_KERNEL"
+            "GUEST_INITRD=$GUEST_INITRD" "MKFS_EXT4=$mkfs"
+            "BUSYBOX_IMAGE=$CACHE_DIR/images/busybox.tar" "CONTAINERD=${tools[0]}"
+            "CTR=${tools[1]}" "RUNC=${tools[2]}" "RUNC_SHIM=${tools[3]}" "RUNS=$RUNS")
         ;;
     virtio)
         scenario=$HERE/scenarios/virtio.sh

@@ -1,0 +1,328 @@
+#!/bin/sh
+# Scenario "containerd" (layer 5): husk's containerd shim, containerd-shim-husk-v2, with the
+# builtin backend (every sandbox a VM of the built guest under husk's VMM) under a
+# private containerd driven by the unmodified `ctr`:
+#   a. `ctr run --rm` of a command that prints and exits 3: its output and status come
+#      back, and nothing is left (no husk shim process, no husk state, no mounts);
+#   b. a detached task: exec (output and status 4), ps, kill, STOPPED, task delete,
+#      container rm, nothing left;
+#   c. a pod of two containers joined by CRI's annotations (a sandbox container and an
+#      app container with io.kubernetes.cri.sandbox-id): one shim process (one VM) for
+#      both, exec into the app, kill and delete the app then the sandbox, nothing left;
+#   d. the figures: `ctr run --rm` of echo hello with husk (builtin) and with runc,
+#      RUNS times each, interleaved, medians and the ratio (FIGURE: lines).
+#
+# The private containerd has its own configuration, root, state and sockets under the
+# scratch directory, the CRI plugin disabled (as tests/src/containerd.rs, the host-side
+# harness), and is run as a background process, no systemd. Its PATH starts with husk's
+# bin directory (the shim is found there) and HUSK_CONFIG names a husk configuration with
+# hypervisor = "builtin", the guest, and a state root and cache of this scenario's own;
+# its shims inherit both.
+#
+# Environment: HUSK_LAB_LIB, HUSK, HUSK_SHIM, GUEST_KERNEL, GUEST_INITRD, MKFS_EXT4,
+# BUSYBOX_IMAGE (the OCI image tar of resources/build-busybox-image.sh), CONTAINERD, CTR,
+# RUNC, RUNC_SHIM (containerd-shim-runc-v2), RUNS (default 3), GNU_DATE, GNU_TIMEOUT,
+# BOOT_TIMEOUT.
+set -u
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$HUSK_LAB_LIB"
+begin
+need_file "$HUSK" "the husk binary"
+need_file "$HUSK_SHIM" "containerd-shim-husk-v2"
+need_file "$GUEST_KERNEL" "the guest kernel"
+need_file "$GUEST_INITRD" "the guest initramfs"
+need_file "$MKFS_EXT4" "mkfs.ext4"
+need_file "$BUSYBOX_IMAGE" "the busybox OCI image"
+need_file "$CONTAINERD" "containerd"
+need_file "$CTR" "ctr"
+# shellcheck disable=SC2153 # RUNC comes from the environment
+need_file "$RUNC" "runc"
+need_file "$RUNC_SHIM" "containerd-shim-runc-v2"
+
+RUNS=${RUNS:-3}
+T=$BOOT_TIMEOUT
+NS=husk-lab
+IMAGE=docker.io/library/busybox:latest
+HUSK_RUNTIME=io.containerd.husk.v2
+RUNC_RUNTIME=io.containerd.runc.v2
+# Short paths: both hold Unix sockets.
+CTD=$SCRATCH/ctd
+HROOT=$SCRATCH/husk
+SOCK=$CTD/c.sock
+HSTATE=$HROOT/.containerd/$NS # the shim's state root for the namespace (shim::state_root)
+mkdir -p "$CTD" "$HROOT" "$SCRATCH/cache"
+
+# Stops containerd and whatever its shims left (when a check failed, or when this runs
+# directly on a host): the shims name our socket on their command line.
+CTD_PID=
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    if [ -n "$CTD_PID" ]; then
+        kill "$CTD_PID" 2>/dev/null
+        wait "$CTD_PID" 2>/dev/null
+    fi
+    # Listed before any is killed: grep itself matches while it runs.
+    grep -l "$SOCK" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3 >"$SCRATCH/leftover"
+    while read -r p; do kill -9 "$p" 2>/dev/null; done <"$SCRATCH/leftover"
+    sleep 0.5
+    awk -v d="$SCRATCH/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+        while read -r m; do umount -l "$m" 2>/dev/null; done
+    rm -rf "$SCRATCH"
+}
+trap cleanup EXIT
+
+# runc and containerd need a cgroup file system; the lab's minimal init mounts none.
+if ! grep -q cgroup /proc/mounts; then
+    mkdir -p /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup
+fi
+
+cat >"$SCRATCH/husk.toml" <<EOF
+hypervisor = "builtin"
+kernel = "$GUEST_KERNEL"
+initrd = "$GUEST_INITRD"
+memory_mib = 256
+vcpus = 1
+root = "$HROOT"
+cache = "$SCRATCH/cache"
+EOF
+
+# runc and NoPivotRoot: the lab runs from its initramfs, where pivot_root is refused (see
+# runtime.sh). With the CRI plugin disabled, containerd's configuration holds no options
+# for the runc runtime (runtime options live in CRI's section, and the v1 linux runtime's
+# `no_shim`/`runtime` do not apply to io.containerd.runc.v2): the client sends them with
+# each task. `ctr run --no-pivot` does exactly that: it adds runc's task options
+# (containerd.runc.v1.Options) with NoPivotRoot = true, and the runc shim then runs
+# `runc create --no-pivot`. So every runc run below passes --no-pivot.
+cat >"$CTD/config.toml" <<EOF
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$SOCK"
+[ttrpc]
+  address = "$SOCK.ttrpc"
+[debug]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTD/opt"
+EOF
+
+ctd_path=$(dirname "$HUSK_SHIM"):$(dirname "$RUNC_SHIM"):$(dirname "$RUNC"):$PATH
+env PATH="$ctd_path" HUSK_CONFIG="$SCRATCH/husk.toml" HUSK_MKFS_EXT4="$MKFS_EXT4" \
+    "$CONTAINERD" --config "$CTD/config.toml" </dev/null >/dev/null 2>"$CTD/containerd.log" &
+CTD_PID=$!
+
+# ctr ARGS...: runs ctr against our containerd, in our namespace, with a timeout; stdout
+# in $SCRATCH/out, stderr in $SCRATCH/err, the status in RC.
+ctr() {
+    "$GNU_TIMEOUT" -k 5 "$T" "$CTR" --address "$SOCK" --namespace "$NS" "$@" </dev/null \
+        >"$SCRATCH/out" 2>"$SCRATCH/err"
+    RC=$?
+}
+
+# show: ctr's output and what containerd logged (the shims log there) since the last
+# show, at most 20 lines, for a failure.
+LOG_SHOWN=0
+show() {
+    sed 's/^/    | /' "$SCRATCH/out" "$SCRATCH/err"
+    grep -v '^[[:space:]]*$' "$CTD/containerd.log" >"$SCRATCH/log"
+    _lines=$(wc -l <"$SCRATCH/log")
+    tail -n +$((LOG_SHOWN + 1)) "$SCRATCH/log" | tail -n 20 | sed 's/^/    containerd| /'
+    LOG_SHOWN=$_lines
+}
+
+# expect DESCRIPTION COMMAND...: a check that on failure also shows ctr's output and the
+# end of containerd's log.
+expect() {
+    _what=$1
+    shift
+    if "$@"; then pass "$_what"; else fail "$_what"; show; fi
+}
+
+# husk_shims: the number of containerd-shim-husk-v2 processes.
+husk_shims() {
+    grep -l "[c]ontainerd-shim-husk-v2" /proc/[0-9]*/cmdline 2>/dev/null | wc -l
+}
+
+# list_husk_shims: their command lines, for a failure.
+list_husk_shims() {
+    grep -l "[c]ontainerd-shim-husk-v2" /proc/[0-9]*/cmdline 2>/dev/null |
+        while read -r f; do echo "    shim| $(tr '\0' ' ' <"$f")"; done
+}
+
+# our_mounts: the mounts under containerd's directory (rootfs overlays).
+our_mounts() {
+    awk -v d="$CTD/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo
+}
+
+# nothing_left WHAT: checks that no husk shim, no husk state of the namespace and no mount
+# under containerd's directory is left. A shim exits shortly after containerd's last call
+# to it: wait for that first (a VMM's exit frees its guest memory, slow in the lab).
+nothing_left() {
+    i=0
+    while [ "$(husk_shims)" -gt 0 ] && [ $i -lt 300 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    n=$(husk_shims)
+    check "$1: no husk shim process is left ($n)" test "$n" -eq 0
+    list_husk_shims
+    left=$(ls -A "$HSTATE" 2>/dev/null)
+    check "$1: no husk state is left in $HSTATE (${left:-empty})" test -z "$left"
+    m=$(our_mounts | wc -l)
+    check "$1: no mount under containerd's directory is left ($m)" test "$m" -eq 0
+    our_mounts | sed 's/^/    | /'
+}
+
+# wait_stopped ID: waits until `ctr task ls` shows the task STOPPED (30 s at most); fails
+# at once when there is no such task.
+wait_stopped() {
+    _until=$(($("$GNU_DATE" +%s) + 30))
+    while [ "$("$GNU_DATE" +%s)" -lt "$_until" ]; do
+        ctr task ls
+        grep -Eq "^$1[[:space:]]" "$SCRATCH/out" || return 1
+        grep -Eq "^$1[[:space:]].*STOPPED" "$SCRATCH/out" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+echo "== a private containerd"
+i=0
+until "$CTR" --address "$SOCK" version >/dev/null 2>&1; do
+    if [ $i -ge 300 ] || ! kill -0 "$CTD_PID" 2>/dev/null; then
+        tail -n 30 "$CTD/containerd.log" | sed 's/^/    containerd| /'
+        die "containerd did not answer within 30 s"
+    fi
+    sleep 0.1
+    i=$((i + 1))
+done
+pass "containerd answers on $SOCK"
+ctr image import "$BUSYBOX_IMAGE"
+expect "ctr image import of the busybox image" test "$RC" -eq 0
+ctr image ls -q
+expect "the image is known as $IMAGE" grep -qx "$IMAGE" "$SCRATCH/out"
+
+echo "== a. ctr run --rm (husk, builtin)"
+ctr run --rm --runtime "$HUSK_RUNTIME" "$IMAGE" c1 sh -c 'echo hello; exit 3'
+expect "ctr run --rm prints hello and exits with the container's status 3 (status $RC)" \
+    test "$RC" -eq 3 -a "$(cat "$SCRATCH/out")" = hello
+# The shim logs (into containerd's log) when its VM's agent is up: the builtin backend ran.
+check "the shim booted a guest VM (containerd's log has its 'guest ready after N ms')" \
+    grep -q "guest ready after" "$CTD/containerd.log"
+nothing_left "a"
+
+echo "== b. a detached task: exec, ps, kill, delete"
+ctr run -d --runtime "$HUSK_RUNTIME" "$IMAGE" c2 sleep 1000
+expect "ctr run -d c2 sleep 1000 (status $RC)" test "$RC" -eq 0
+ctr task exec --exec-id e1 c2 sh -c 'echo in; exit 4'
+expect "ctr task exec returns the output and status 4 (status $RC)" \
+    test "$RC" -eq 4 -a "$(cat "$SCRATCH/out")" = in
+ctr task ps c2
+expect "ctr task ps lists a header and the process ($(wc -l <"$SCRATCH/out") lines)" \
+    test "$RC" -eq 0 -a "$(wc -l <"$SCRATCH/out")" -ge 2
+ctr task ls
+expect "ctr task ls shows c2 RUNNING" grep -Eq "^c2[[:space:]].*RUNNING" "$SCRATCH/out"
+ctr task kill -s SIGKILL c2
+expect "ctr task kill -s SIGKILL c2 (status $RC)" test "$RC" -eq 0
+expect "c2 is STOPPED" wait_stopped c2
+ctr task delete c2
+expect "ctr task delete c2 (status $RC)" test "$RC" -eq 0
+ctr container rm c2
+expect "ctr container rm c2 (status $RC)" test "$RC" -eq 0
+nothing_left "b"
+
+echo "== c. a pod of two containers in one shim (one VM)"
+ctr run -d --runtime "$HUSK_RUNTIME" \
+    --annotation io.kubernetes.cri.container-type=sandbox \
+    --annotation io.kubernetes.cri.sandbox-id=pod1 \
+    "$IMAGE" pod1 sleep 1000
+expect "ctr run -d of the sandbox container pod1 (status $RC)" test "$RC" -eq 0
+ctr run -d --runtime "$HUSK_RUNTIME" \
+    --annotation io.kubernetes.cri.container-type=container \
+    --annotation io.kubernetes.cri.sandbox-id=pod1 \
+    --annotation io.kubernetes.cri.sandbox-name=pod1 \
+    "$IMAGE" app1 sh -c 'echo app1 >/tmp/marker; exec sleep 1000'
+expect "ctr run -d of the app container app1 in pod1 (status $RC)" test "$RC" -eq 0
+ctr task ls
+running=$(grep -Ec "^(pod1|app1)[[:space:]].*RUNNING" "$SCRATCH/out")
+expect "pod1 and app1 are RUNNING" test "$running" -eq 2
+n=$(husk_shims)
+check "one husk shim process (one VM) holds both running containers ($n shims)" \
+    test "$n" -eq 1 -a "$running" -eq 2
+[ "$n" -eq 1 ] || list_husk_shims
+ctr task exec --exec-id e2 app1 sh -c 'cat /tmp/marker; exit 5'
+expect "ctr task exec into app1 sees app1's files and returns status 5 (status $RC)" \
+    test "$RC" -eq 5 -a "$(cat "$SCRATCH/out")" = app1
+ctr task exec --exec-id e3 pod1 sh -c 'test ! -e /tmp/marker'
+expect "the sandbox container has a root file system of its own (status $RC)" \
+    test "$RC" -eq 0
+ctr task kill -s SIGKILL app1
+expect "ctr task kill -s SIGKILL app1 (status $RC)" test "$RC" -eq 0
+expect "app1 is STOPPED" wait_stopped app1
+ctr task delete app1
+expect "ctr task delete app1 (status $RC)" test "$RC" -eq 0
+ctr container rm app1
+expect "ctr container rm app1 (status $RC)" test "$RC" -eq 0
+ctr task ls
+expect "pod1 is still RUNNING after app1 is gone" \
+    grep -Eq "^pod1[[:space:]].*RUNNING" "$SCRATCH/out"
+ctr task kill -s SIGKILL pod1
+expect "ctr task kill -s SIGKILL pod1 (status $RC)" test "$RC" -eq 0
+expect "pod1 is STOPPED" wait_stopped pod1
+ctr task delete pod1
+expect "ctr task delete pod1 (status $RC)" test "$RC" -eq 0
+ctr container rm pod1
+expect "ctr container rm pod1 (status $RC)" test "$RC" -eq 0
+nothing_left "c"
+# Whatever a failed step above left would spoil the figures: remove it through containerd.
+ctr task ls -q
+cp "$SCRATCH/out" "$SCRATCH/tasks"
+while read -r t; do
+    ctr task kill -s SIGKILL "$t"
+    wait_stopped "$t"
+    ctr task delete "$t"
+done <"$SCRATCH/tasks"
+ctr container ls -q
+cp "$SCRATCH/out" "$SCRATCH/containers"
+while read -r c; do ctr container rm "$c"; done <"$SCRATCH/containers"
+
+echo "== d. figures: ctr run --rm of echo hello, husk (builtin) vs runc, $RUNS runs each"
+: >"$SCRATCH/husk.ms"
+: >"$SCRATCH/runc.ms"
+husk_bad=0
+n=0
+while [ $n -lt "$RUNS" ]; do
+    run_vm husk-run "$T" "$CTR" --address "$SOCK" --namespace "$NS" run --rm \
+        --runtime "$HUSK_RUNTIME" "$IMAGE" "fh$n" echo hello
+    if [ "$RUN_RC" -eq 0 ] && [ "$(cat "$SCRATCH/husk-run.out")" = hello ]; then
+        echo "$RUN_MS" >>"$SCRATCH/husk.ms"
+        echo "  husk run $n: $RUN_MS ms"
+    else
+        husk_bad=$((husk_bad + 1))
+        echo "  husk run $n failed ($RUN_RC):"
+        show_run husk-run
+    fi
+    run_vm runc-run "$T" "$CTR" --address "$SOCK" --namespace "$NS" run --rm --no-pivot \
+        --runtime "$RUNC_RUNTIME" "$IMAGE" "fr$n" echo hello
+    if [ "$RUN_RC" -eq 0 ] && [ "$(cat "$SCRATCH/runc-run.out")" = hello ]; then
+        echo "$RUN_MS" >>"$SCRATCH/runc.ms"
+        echo "  runc run $n: $RUN_MS ms"
+    else
+        echo "  runc run $n failed ($RUN_RC):"
+        show_run runc-run
+    fi
+    n=$((n + 1))
+done
+check "every husk ctr run --rm of echo hello printed hello and exited 0 ($husk_bad failed)" \
+    test "$husk_bad" -eq 0
+nothing_left "d"
+husk_ms=$(sort -n "$SCRATCH/husk.ms" | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')
+runc_ms=$(sort -n "$SCRATCH/runc.ms" | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')
+if [ -n "$husk_ms" ] && [ -n "$runc_ms" ]; then
+    echo "FIGURE: containerd-run husk_builtin_ms=$husk_ms runc_ms=$runc_ms ratio=$(awk -v h="$husk_ms" -v r="$runc_ms" 'BEGIN { printf "%.2f", h / r }')"
+else
+    echo "FIGURE: containerd-run not measured: a run failed (husk: $(wc -l <"$SCRATCH/husk.ms") ok, runc: $(wc -l <"$SCRATCH/runc.ms") ok)"
+fi
+summary containerd
