@@ -19,7 +19,7 @@ use husk_protocol::{CreateContainer, Rootfs, StdioConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentClient, ClientError};
-use crate::hypervisor::Kind;
+use crate::hypervisor::{remove_socket_dir_of, AgentAddress, Kind};
 use crate::sandbox::{Attachment, PreparedSandbox, Sandbox, SandboxError, SandboxOptions};
 use crate::state::{ContainerState, ProcessRef, StateError, StateRoot, Status};
 use crate::stdio::{HostStdio, Relay, Streams};
@@ -99,6 +99,8 @@ impl Launch {
 /// A container created in a sandbox, its output relayed by this process.
 pub struct Member {
     id: String,
+    /// Its first process's pid, as the sandbox sees it.
+    pid: i32,
     relay: Relay,
     /// What its root file system came into the sandbox as, if it needed anything.
     attachment: Option<Attachment>,
@@ -239,6 +241,7 @@ fn create_in(
     root.save(&state)?;
     Ok(Member {
         id: launch.id.clone(),
+        pid,
         relay,
         attachment,
     })
@@ -299,6 +302,11 @@ impl Held {
 impl Member {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Its first process's pid, as the sandbox sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// What its root file system came into the sandbox as, to take back with it.
@@ -373,6 +381,12 @@ pub fn teardown(state: &ContainerState) -> Result<(), String> {
             ));
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+    // The sockets a killed holder left.
+    match &state.agent {
+        Some(AgentAddress::Unix { path }) => remove_socket_dir_of(path),
+        Some(AgentAddress::HybridVsock { uds, .. }) => remove_socket_dir_of(uds),
+        None => {}
     }
     Ok(())
 }

@@ -253,6 +253,12 @@ fn a_killed_shim_ends_its_tasks_and_delete_cleans_up() {
     run_in_pod(&containerd, &pod, &app, &["sleep", "7396"]);
     let shims_now = shims(&containerd);
     assert_eq!(shims_now.len(), 1, "{shims_now:?}");
+    // The sandbox's sockets live outside the state root; the cleanup must find them too.
+    let state = state_root("shim-kill");
+    let pod_state = format!("{state}/.containerd/husk-test/{pod}/state.json");
+    let pod_state = std::fs::read_to_string(&pod_state).expect("the pod's state");
+    let sockets = socket_dir_in(&pod_state).expect("a socket directory in the state");
+    assert!(sockets.is_dir(), "{}", sockets.display());
     let shim = rustix::process::Pid::from_raw(shims_now[0].0).expect("a pid");
     rustix::process::kill_process(shim, rustix::process::Signal::KILL).expect("kill -9");
     // containerd notices the shim's end, cleans up through the `delete` subcommand (which
@@ -264,7 +270,7 @@ fn a_killed_shim_ends_its_tasks_and_delete_cleans_up() {
     let log = containerd.log();
     assert!(!log.contains("failed to clean up"), "{log}");
     assert!(!log.contains("failed to delete"), "{log}");
-    let state = state_root("shim-kill");
+    assert!(!sockets.exists(), "{} is left", sockets.display());
     assert_no_leftovers(&containerd, &state);
     let _ = std::fs::remove_dir_all(&state);
     drop(scratch);
@@ -314,6 +320,15 @@ fn a_dead_sandbox_stops_every_task_of_its_pod() {
     assert_no_leftovers(&containerd, &state);
     let _ = std::fs::remove_dir_all(&state);
     drop(scratch);
+}
+
+/// The sandbox socket directory (`/run/husk/.sockets/<hash>`) a state file names.
+fn socket_dir_in(state: &str) -> Option<PathBuf> {
+    const ROOT: &str = "/run/husk/.sockets/";
+    let start = state.find(ROOT)?;
+    let rest = &state[start + ROOT.len()..];
+    let name: String = rest.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
+    (!name.is_empty()).then(|| PathBuf::from(ROOT).join(name))
 }
 
 /// No shim, no process of a sandbox, no state under the shim's state root and no mount of

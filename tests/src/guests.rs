@@ -49,7 +49,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("common/virtio.c", include_str!("../guests/common/virtio.c")),
     ("virtio_blk.c", include_str!("../guests/virtio_blk.c")),
     ("virtio_vsock.c", include_str!("../guests/virtio_vsock.c")),
-    ("virtio_blk_spare.c", include_str!("../guests/virtio_blk_spare.c")),
+    (
+        "virtio_blk_spare.c",
+        include_str!("../guests/virtio_blk_spare.c"),
+    ),
 ];
 
 /// Flags for every guest: freestanding, no SSE (general registers only), no PIC, no

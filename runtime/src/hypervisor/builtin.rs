@@ -79,7 +79,7 @@ impl BuiltinBackend {
     }
 
     fn uds(&self) -> PathBuf {
-        self.config.dir.join("vsock.sock")
+        super::socket_dir(&self.config.dir).join("vsock.sock")
     }
 
     /// The guest console's log.
@@ -133,6 +133,7 @@ impl Hypervisor for BuiltinBackend {
             path: dir.clone(),
             source,
         })?;
+        super::create_socket_dir(dir)?;
         let config = self.vmm_config();
         let spare_drives = self.spare_drives;
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
@@ -237,9 +238,9 @@ impl Hypervisor for BuiltinBackend {
             running.stop.stop();
             let _ = running.thread.join();
         }
-        // The VMM leaves its sockets behind: `<uds>` and any `<uds>_<port>` listeners
-        // belong to callers, but the main one is ours.
-        let _ = std::fs::remove_file(self.uds());
+        // The VMM leaves its sockets behind (`<uds>`, and the `<uds>_<port>` listeners
+        // of whoever took guest connections): they go with the sandbox.
+        super::remove_socket_dir_of(&self.uds());
         Ok(())
     }
 }

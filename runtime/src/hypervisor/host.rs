@@ -48,7 +48,7 @@ impl HostBackend {
     }
 
     fn socket(&self) -> PathBuf {
-        self.config.dir.join("agent.sock")
+        super::socket_dir(&self.config.dir).join("agent.sock")
     }
 
     /// Where directories are shared with the running agent.
@@ -126,14 +126,7 @@ impl Hypervisor for HostBackend {
             source,
         };
         std::fs::create_dir_all(dir).map_err(directory)?;
-        // A Unix socket path has room for 107 bytes; say so now, not after a timeout.
-        if self.socket().as_os_str().len() > 107 {
-            return Err(HypervisorError::Start(std::io::Error::other(format!(
-                "the agent's socket path {} is longer than a Unix socket allows (107 \
-                 bytes): use a shorter state root",
-                self.socket().display()
-            ))));
-        }
+        super::create_socket_dir(dir)?;
         let log = std::fs::File::create(dir.join("agent.log")).map_err(directory)?;
         share_mounts(&self.shared()).map_err(directory)?;
         let mut command = Command::new(&self.config.agent);
@@ -294,6 +287,7 @@ impl Hypervisor for HostBackend {
             }
             let _ = keeper.thread.join();
         }
+        super::remove_socket_dir_of(&self.socket());
         // With the directories shared into it (lazily: the whole tree goes).
         match rustix::mount::unmount(self.shared(), rustix::mount::UnmountFlags::DETACH) {
             Ok(()) | Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(()),

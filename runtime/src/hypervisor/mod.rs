@@ -44,6 +44,46 @@ pub enum HypervisorError {
     Drive(#[from] husk_vmm::DriveError),
 }
 
+/// Where sandboxes' Unix sockets live. Not in their own directories: a socket's path must
+/// fit in 107 bytes, and a sandbox directory under a state root does not leave room (CRI's
+/// container ids alone have 64 characters). A leading dot: no container id can take it
+/// when the state root is the default `/run/husk`.
+const SOCKET_ROOT: &str = "/run/husk/.sockets";
+
+/// The socket directory of the sandbox whose directory is `sandbox_dir`, named by a hash
+/// of that path (so the same for every process that knows it). Its backend creates it.
+pub fn socket_dir(sandbox_dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let digest = Sha256::digest(sandbox_dir.as_os_str().as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SOCKET_ROOT).join(name)
+}
+
+fn create_socket_dir(sandbox_dir: &Path) -> Result<(), HypervisorError> {
+    let dir = socket_dir(sandbox_dir);
+    std::fs::create_dir_all(&dir).map_err(|source| HypervisorError::Directory {
+        path: dir.clone(),
+        source,
+    })
+}
+
+/// Removes the socket directory that holds `socket` (as a sandbox's state records its
+/// agent's address), with everything in it; a socket anywhere else is left alone.
+pub fn remove_socket_dir_of(socket: &Path) {
+    let Some(dir) = socket
+        .parent()
+        .filter(|dir| dir.parent() == Some(Path::new(SOCKET_ROOT)))
+    else {
+        return;
+    };
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", dir.display());
+        }
+    }
+}
+
 /// The backends, as configuration and the command line name them.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
