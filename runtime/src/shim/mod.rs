@@ -13,6 +13,7 @@
 //! sandbox.
 
 mod metrics;
+mod namespaces;
 mod options;
 mod task;
 
@@ -40,6 +41,8 @@ pub struct HuskShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
+    /// The server's socket (`unix://PATH`; empty for the `start` and `delete` runs).
+    socket: String,
 }
 
 fn shim_error(e: impl std::fmt::Display) -> shim::Error {
@@ -68,6 +71,7 @@ impl shim::Shim for HuskShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            socket: args.socket.clone(),
         }
     }
 
@@ -91,8 +95,17 @@ impl shim::Shim for HuskShim {
         Ok(response)
     }
 
+    /// Until Shutdown; then the socket goes (the crate removes it only through an
+    /// `address` file in the first container's bundle, which containerd may have deleted
+    /// by then). The server keeps its listening socket until it stops.
     fn wait(&mut self) {
         self.exit.wait();
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if !path.is_empty() {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("removing the shim's socket {path}: {e}");
+            }
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

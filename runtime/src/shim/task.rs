@@ -1,7 +1,7 @@
 //! The shim's Task service: containerd's calls mapped onto husk's container lifecycle
 //! (`crate::container`), events published back to containerd.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,11 @@ use shim::protos::ttrpc::{self, context::Context as TtrpcCallContext, Code};
 use shim::publisher::RemotePublisher;
 use shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
+use super::namespaces;
 use crate::agent::AgentClient;
 use crate::cli::{Context, SandboxFlags};
 use crate::container::{self, Launch, Member};
+use crate::hypervisor::Kind;
 use crate::sandbox::{Attachment, Sandbox};
 use crate::spec;
 use crate::state::{StateRoot, Status as OciStatus};
@@ -100,6 +102,11 @@ struct Pod {
     /// The pod's id, which is its sandbox container's: that container's state directory
     /// holds the sandbox's own.
     id: String,
+    /// The sandbox container's first process, as the sandbox sees it: the pod's
+    /// namespaces are its.
+    sandbox_pid: i32,
+    /// The sandbox is a VM.
+    in_vm: bool,
     agent: Arc<AgentClient>,
     /// `None` once stopped.
     sandbox: Mutex<Option<Sandbox>>,
@@ -355,7 +362,20 @@ impl TaskService {
         req: &api::CreateTaskRequest,
         bundle: &Path,
     ) -> Result<Arc<Entry>, String> {
-        let (spec, rootfs) = spec::load_bundle(bundle).map_err(|e| e.to_string())?;
+        let (mut spec, rootfs) = spec::load_bundle(bundle).map_err(|e| e.to_string())?;
+        let annotations: BTreeMap<String, String> = spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let pod_id = super::pod_id(&annotations, &req.id);
+        let (sandbox_pid, in_vm) = match self.pod.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        {
+            Some(pod) if pod.id == pod_id => (Some(pod.sandbox_pid), pod.in_vm),
+            _ => (None, context.hypervisor(None)? == Kind::Builtin),
+        };
+        namespaces::for_sandbox(&mut spec, sandbox_pid, in_vm)?;
         let fifos = Fifos {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -461,6 +481,8 @@ impl TaskService {
                 let (sandbox, member) = held.into_parts();
                 let pod = Arc::new(Pod {
                     id: pod_id,
+                    sandbox_pid: member.pid(),
+                    in_vm: sandbox.capabilities().isolated_by_vm,
                     agent: sandbox.agent().clone(),
                     sandbox: Mutex::new(Some(sandbox)),
                 });
