@@ -36,9 +36,10 @@
 #                                      run --rm with husk vs runc as FIGURE: lines
 #   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
 #                                      against husk's devices, with the device-test guest
-#                                      (tests/lab/guest); TESTs: blk fsync vsock (default:
-#                                      all, each one guest boot); prints FIGURE: lines with
-#                                      the vsock transfer rates
+#                                      (tests/lab/guest); TESTs: blk fsync vsock hotplug
+#                                      (default: all, each one guest boot; hotplug: drives
+#                                      put into and taken out of spare slots of the running
+#                                      VM); prints FIGURE: lines with the vsock transfer rates
 #
 # Exit status: 0 when every check passed (for bench-boot and bench-blk: every run was
 # valid), else
@@ -106,7 +107,7 @@ case "$GROUP" in
     linux-boot | selftest | agent) [ $# -eq 0 ] || usage ;;
     virtio)
         for t in "$@"; do
-            case "$t" in blk | fsync | vsock) ;; *) usage ;; esac
+            case "$t" in blk | fsync | vsock | hotplug) ;; *) usage ;; esac
         done
         ;;
     bench-boot | bench-blk | runtime | containerd)
@@ -321,12 +322,18 @@ INIT
             tools+=("$path")
         done
         husk=$(husk_binary)
+        # hotplug's host side: husk-vmm's example that attaches and detaches drives when
+        # the guest asks on its console.
+        (cd "$REPO" && cargo build --release --quiet -p husk-vmm --example spare_drives) >&2 ||
+            die "cargo build --release -p husk-vmm --example spare_drives failed"
+        spare_drives=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/spare_drives
         FILES+=("$husk" "$GUEST_KERNEL" "$WORK/guest/devtest.cpio" "$WORK/guest/labtool"
-            "${tools[@]}")
+            "$spare_drives" "${tools[@]}")
         ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
             "DEVTEST_INITRD=$WORK/guest/devtest.cpio" "LABTOOL=$WORK/guest/labtool"
             "MKFS_EXT4=${tools[0]}" "DEBUGFS=${tools[1]}" "E2FSCK=${tools[2]}"
-            "VSOCK_BYTES=${HUSK_VSOCK_BYTES:-268435456}" "VSOCK_CONNS=${HUSK_VSOCK_CONNS:-64}")
+            "VSOCK_BYTES=${HUSK_VSOCK_BYTES:-268435456}" "VSOCK_CONNS=${HUSK_VSOCK_CONNS:-64}"
+            "SPARE_DRIVES=$spare_drives")
         ARGS=("$@")
         ;;
 esac

@@ -38,10 +38,10 @@
 #          again); lab-hot-rw (raw, writable) appears and takes a fsynced 1 MiB that reads
 #          back; detached; lab-hot-ro goes into a slot once more and reads back. Then here:
 #          every attach and detach succeeded, the read-only image is unchanged and the
-#          writable one holds the guest's 1 MiB. Not in the default set: it needs
-#          SPARE_DRIVES (`cargo build --release -p husk-vmm --example spare_drives`).
+#          writable one holds the guest's 1 MiB. It needs SPARE_DRIVES (`cargo build
+#          --release -p husk-vmm --example spare_drives`; run.sh builds and carries it).
 #
-# Arguments: the tests to run (default: blk fsync vsock), one guest boot each.
+# Arguments: the tests to run (default: blk fsync vsock hotplug), one guest boot each.
 # Environment: HUSK_LAB_LIB, HUSK, GUEST_KERNEL, DEVTEST_INITRD (the device-test initramfs),
 # LABTOOL (labtool built for this host), MKFS_EXT4, DEBUGFS, E2FSCK (e2fsprogs), GNU_DATE,
 # GNU_TIMEOUT, BOOT_TIMEOUT (seconds per guest boot, default 300), VSOCK_BYTES (default
@@ -59,7 +59,7 @@ BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
 VSOCK_BYTES=${VSOCK_BYTES:-268435456}
 VSOCK_CONNS=${VSOCK_CONNS:-64}
 MEM_MIB=256
-TESTS=${*:-blk fsync vsock}
+TESTS=${*:-blk fsync vsock hotplug}
 
 # ---- running a VM ----------------------------------------------------------------------
 
