@@ -4,8 +4,8 @@
 # private containerd driven by the unmodified `ctr`:
 #   a. `ctr run --rm` of a command that prints and exits 3: its output and status come
 #      back, and nothing is left (no husk shim process, no husk state, no mounts);
-#   b. a detached task: exec (output and status 4), ps, kill, STOPPED, task delete,
-#      container rm, nothing left;
+#   b. a detached task: exec (output and status 4), ps, metrics (cgroup v2 in the guest,
+#      in containerd's format), kill, STOPPED, task delete, container rm, nothing left;
 #   c. a pod of two containers joined by CRI's annotations (a sandbox container and an
 #      app container with io.kubernetes.cri.sandbox-id): one shim process (one VM) for
 #      both, exec into the app, kill and delete the app then the sandbox, nothing left;
@@ -222,6 +222,9 @@ expect "ctr task exec returns the output and status 4 (status $RC)" \
 ctr task ps c2
 expect "ctr task ps lists a header and the process ($(wc -l <"$SCRATCH/out") lines)" \
     test "$RC" -eq 0 -a "$(wc -l <"$SCRATCH/out")" -ge 2
+ctr task metrics c2
+expect "ctr task metrics shows the guest's cgroup v2 figures (status $RC)" \
+    grep -Eq "^pids.current[[:space:]]+[1-9]" "$SCRATCH/out"
 ctr task ls
 expect "ctr task ls shows c2 RUNNING" grep -Eq "^c2[[:space:]].*RUNNING" "$SCRATCH/out"
 ctr task kill -s SIGKILL c2
