@@ -129,7 +129,9 @@ fn exec_ps_and_kill_of_a_running_task() {
 
 /// Runs `ctr` and expects it to succeed.
 fn ctr_ok(containerd: &Containerd, args: &[&str]) -> husk_tests::process::Run {
-    let run = containerd.ctr(args).expect("ctr");
+    let run = containerd
+        .ctr(args)
+        .unwrap_or_else(|e| panic!("{e}\n--- containerd ---\n{}", containerd.log()));
     assert_eq!(
         run.code(),
         Some(0),
@@ -322,6 +324,73 @@ fn a_dead_sandbox_stops_every_task_of_its_pod() {
     drop(scratch);
 }
 
+#[test]
+fn a_restarted_containerd_finds_its_running_tasks() {
+    let (mut containerd, scratch) = containerd_with_husk("shim-restart");
+    let pod = format!("shim-rpod-{}", std::process::id());
+    let app = format!("shim-rapp-{}", std::process::id());
+    run_in_pod(&containerd, &pod, &pod, &["sleep", "7400"]);
+    run_in_pod(&containerd, &pod, &app, &["sleep", "7401"]);
+    containerd.restart().expect("containerd restarts");
+    for id in [&pod, &app] {
+        let status = task_status(&containerd, id);
+        assert_eq!(status.as_deref(), Some("RUNNING"), "{}", containerd.log());
+    }
+    let exec = containerd
+        .ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "e1",
+            &app,
+            "sh",
+            "-c",
+            "exit 8",
+        ])
+        .expect("ctr task exec");
+    assert_eq!(exec.code(), Some(8), "{}", exec.describe());
+    // The shim tells the new containerd of exits: its events reach `ctr events`.
+    let events_out = scratch.join("events.txt");
+    let mut events = containerd
+        .ctr_command(&["events"])
+        .stdout(std::fs::File::create(&events_out).expect("events file"))
+        .spawn()
+        .expect("ctr events");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ctr_ok(&containerd, &["task", "kill", "--signal", "SIGKILL", &app]);
+    wait_for_task_status(&containerd, &app, "STOPPED");
+    let exit = format!("\"container_id\":\"{app}\"");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let told = loop {
+        let events = std::fs::read_to_string(&events_out).unwrap_or_default();
+        if events
+            .lines()
+            .any(|l| l.contains("/tasks/exit") && l.contains(&exit))
+        {
+            break true;
+        }
+        if std::time::Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(told, "no /tasks/exit for {app}: {}", containerd.log());
+    for id in [&app, &pod] {
+        if id == &pod {
+            ctr_ok(&containerd, &["task", "kill", "--signal", "SIGKILL", id]);
+            wait_for_task_status(&containerd, id, "STOPPED");
+        }
+        ctr_ok(&containerd, &["task", "delete", id]);
+        ctr_ok(&containerd, &["container", "rm", id]);
+    }
+    let state = state_root("shim-restart");
+    assert_no_leftovers(&containerd, &state);
+    let _ = std::fs::remove_dir_all(&state);
+    drop(scratch);
+}
+
 /// The sandbox socket directory (`/run/husk/.sockets/<hash>`) a state file names.
 fn socket_dir_in(state: &str) -> Option<PathBuf> {
     const ROOT: &str = "/run/husk/.sockets/";
@@ -334,6 +403,11 @@ fn socket_dir_in(state: &str) -> Option<PathBuf> {
 /// No shim, no process of a sandbox, no state under the shim's state root and no mount of
 /// containerd's left.
 fn assert_no_leftovers(containerd: &Containerd, state: &str) {
+    // A shim that containerd ran for a cleanup (`delete`) may still be on its way out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !shims(containerd).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(shims(containerd).is_empty(), "{:?}", shims(containerd));
     assert!(
         processes_with(state).is_empty(),

@@ -42,6 +42,8 @@ pub const HUSK_HANDLER: &str = "husk";
 pub struct Containerd {
     dir: PathBuf,
     child: Option<Child>,
+    /// What was added to containerd's environment (a restart passes it again).
+    env: Vec<(String, OsString)>,
     /// The namespaces whose tasks and containers the drop removes.
     namespaces: &'static [&'static str],
 }
@@ -107,28 +109,58 @@ impl Containerd {
         }
         std::fs::write(dir.join("config.toml"), config)
             .map_err(|e| Error(format!("writing containerd's config: {e}")))?;
-        let log = std::fs::File::create(dir.join("containerd.log"))
-            .map_err(|e| Error(format!("containerd's log: {e}")))?;
-        let child = Command::new(binary)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| Error(format!("cannot start containerd: {e}")))?;
         let mut containerd = Containerd {
             dir,
-            child: Some(child),
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             namespaces: if cri {
                 &[NAMESPACE, CRI_NAMESPACE]
             } else {
                 &[NAMESPACE]
             },
         };
+        containerd.child = Some(containerd.spawn(&binary)?);
         containerd.wait_until_serving()?;
         Ok(containerd)
+    }
+
+    /// Runs containerd with this directory's configuration, its log appended to the log.
+    fn spawn(&self, binary: &Path) -> Result<Child, Error> {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .map_err(|e| Error(format!("containerd's log: {e}")))?;
+        Command::new(binary)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .arg("--config")
+            .arg(self.dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| Error(format!("cannot start containerd: {e}")))
+    }
+
+    /// Stops containerd as a service manager would (SIGTERM: its shims, and the tasks they
+    /// hold, stay), then starts it again on the same directories and waits until it
+    /// answers.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            child
+                .wait()
+                .map_err(|e| Error(format!("waiting for containerd: {e}")))?;
+        }
+        let binary =
+            which("containerd").ok_or_else(|| Error("containerd is no longer installed".into()))?;
+        self.child = Some(self.spawn(&binary)?);
+        self.wait_until_serving()
     }
 
     fn wait_until_serving(&mut self) -> Result<(), Error> {

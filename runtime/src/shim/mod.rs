@@ -82,6 +82,8 @@ impl shim::Shim for HuskShim {
         let annotations = bundle_annotations(Path::new("config.json"));
         let grouping = pod_id(&annotations, &opts.id).to_owned();
         let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        // containerd finds the shim again after a restart through the bundle's `address`.
+        shim::util::write_address(&address)?;
         Ok(address)
     }
 

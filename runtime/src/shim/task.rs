@@ -175,9 +175,8 @@ impl std::ops::Deref for ProcessRef<'_> {
 
 pub struct TaskService {
     context: Result<Context, String>,
-    namespace: String,
     exit: Arc<ExitSignal>,
-    publisher: Arc<RemotePublisher>,
+    events: Arc<Events>,
     containers: Mutex<HashMap<String, Arc<Entry>>>,
     /// The pod, from its first container's Create on.
     pod: Mutex<Option<Arc<Pod>>>,
@@ -228,9 +227,11 @@ impl TaskService {
     ) -> TaskService {
         TaskService {
             context,
-            namespace,
             exit,
-            publisher: Arc::new(publisher),
+            events: Arc::new(Events {
+                namespace,
+                publisher: Mutex::new(publisher),
+            }),
             containers: Mutex::default(),
             pod: Mutex::default(),
             pending_execs: Mutex::default(),
@@ -281,7 +282,7 @@ impl TaskService {
         let relay = Relay::start(streams, host).map_err(failed)?;
         let pid = u32::try_from(pid).unwrap_or_default();
         let (entry, exec_id) = (entry.clone(), exec_id.to_owned());
-        let (namespace, publisher) = (self.namespace.clone(), self.publisher.clone());
+        let events = self.events.clone();
         std::thread::Builder::new()
             .name(format!("wait-{exec_id}"))
             .spawn(move || {
@@ -304,12 +305,7 @@ impl TaskService {
                     exited_at: Some(timestamp(at_ns)).into(),
                     ..Default::default()
                 };
-                publish(
-                    &publisher,
-                    &namespace,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(event),
-                );
+                events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
             })
             .map_err(failed)?;
         Ok(pid)
@@ -323,7 +319,7 @@ impl TaskService {
     }
 
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        publish(&self.publisher, &self.namespace, topic, event);
+        self.events.publish(topic, event);
     }
 
     /// Creates the container: its rootfs mounted from the request's mounts, its stdio
@@ -417,8 +413,7 @@ impl TaskService {
         // The holder: waits for the process, then records and announces its exit.
         let waiter = entry.clone();
         let root = root.clone();
-        let namespace = self.namespace.clone();
-        let publisher = self.publisher.clone();
+        let events = self.events.clone();
         std::thread::Builder::new()
             .name(format!("wait-{}", req.id))
             .spawn(move || {
@@ -438,12 +433,7 @@ impl TaskService {
                     exited_at: Some(timestamp(at_ns)).into(),
                     ..Default::default()
                 };
-                publish(
-                    &publisher,
-                    &namespace,
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(event),
-                );
+                events.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event));
             })
             .map_err(|e| e.to_string())?;
         Ok(entry)
@@ -503,19 +493,19 @@ impl TaskService {
 
     /// Tells containerd about every OOM kill the agent reports, until the sandbox ends.
     fn relay_oom_events(&self, agent: &AgentClient) -> std::io::Result<()> {
-        let events = agent.subscribe();
-        let (namespace, publisher) = (self.namespace.clone(), self.publisher.clone());
+        let reported = agent.subscribe();
+        let events = self.events.clone();
         std::thread::Builder::new()
             .name("oom-events".into())
             .spawn(move || {
-                for event in events {
+                for event in reported {
                     if let Event::Oom { container_id } = event {
                         let oom = TaskOOM {
                             container_id,
                             ..Default::default()
                         };
                         let topic = topics::TASK_OOM_EVENT_TOPIC;
-                        publish(&publisher, &namespace, topic, Box::new(oom));
+                        events.publish(topic, Box::new(oom));
                     }
                 }
             })
@@ -559,11 +549,35 @@ impl TaskService {
     }
 }
 
-/// Sends an event to containerd; a failure is logged, not fatal.
-fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
-    let published = publisher.publish(TtrpcCallContext::default(), topic, namespace, event);
-    if let Err(e) = published {
-        log::warn!("publishing {topic}: {e}");
+/// Sends events to containerd's event service.
+struct Events {
+    namespace: String,
+    publisher: Mutex<RemotePublisher>,
+}
+
+impl Events {
+    /// Publishes an event; a failure is logged, not fatal. The connection does not survive
+    /// a restart of containerd, so after a failure it is made again (containerd's address
+    /// is in `TTRPC_ADDRESS`) and the event sent once more.
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
+        let send = |publisher: &RemotePublisher, event| {
+            publisher.publish(TtrpcCallContext::default(), topic, &self.namespace, event)
+        };
+        let Err(first) = send(&publisher, event.clone_box()) else {
+            return;
+        };
+        let again = std::env::var("TTRPC_ADDRESS")
+            .map_err(|e| shim::Error::Other(format!("TTRPC_ADDRESS: {e}")))
+            .and_then(RemotePublisher::new)
+            .and_then(|fresh| {
+                send(&fresh, event)?;
+                Ok(fresh)
+            });
+        match again {
+            Ok(fresh) => *publisher = fresh,
+            Err(e) => log::warn!("publishing {topic}: {first}; connecting again: {e}"),
+        }
     }
 }
 
