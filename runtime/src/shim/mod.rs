@@ -12,6 +12,7 @@
 //! whose id is the pod's), as CRI creates them; the last one's deletion stops the
 //! sandbox.
 
+mod events;
 mod metrics;
 mod namespaces;
 mod options;
@@ -39,6 +40,8 @@ pub fn state_root(context_root: &std::path::Path, namespace: &str) -> PathBuf {
 
 pub struct HuskShim {
     exit: Arc<ExitSignal>,
+    /// The Task service's events, flushed before the shim exits.
+    events: std::sync::Mutex<Option<Arc<events::Events>>>,
     namespace: String,
     id: String,
     /// The server's socket (`unix://PATH`; empty for the `start` and `delete` runs).
@@ -69,6 +72,7 @@ impl shim::Shim for HuskShim {
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         HuskShim {
             exit: Arc::new(ExitSignal::default()),
+            events: std::sync::Mutex::default(),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             socket: args.socket.clone(),
@@ -102,6 +106,10 @@ impl shim::Shim for HuskShim {
     /// by then). The server keeps its listening socket until it stops.
     fn wait(&mut self) {
         self.exit.wait();
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(events) = events {
+            events.flush(std::time::Duration::from_secs(5));
+        }
         let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
         if !path.is_empty() {
             if let Err(e) = std::fs::remove_file(path) {
@@ -111,12 +119,9 @@ impl shim::Shim for HuskShim {
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        task::TaskService::new(
-            context(&self.namespace),
-            self.namespace.clone(),
-            self.exit.clone(),
-            publisher,
-        )
+        let events = Arc::new(events::Events::start(self.namespace.clone(), publisher));
+        *self.events.lock().unwrap_or_else(|p| p.into_inner()) = Some(events.clone());
+        task::TaskService::new(context(&self.namespace), events, self.exit.clone())
     }
 }
 

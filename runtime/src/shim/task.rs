@@ -17,10 +17,10 @@ use shim::protos::events::task::{
 use shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use shim::protos::protobuf::MessageDyn;
 use shim::protos::topics;
-use shim::protos::ttrpc::{self, context::Context as TtrpcCallContext, Code};
-use shim::publisher::RemotePublisher;
+use shim::protos::ttrpc::{self, Code};
 use shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
+use super::events::Events;
 use super::namespaces;
 use crate::agent::AgentClient;
 use crate::cli::{Context, SandboxFlags};
@@ -221,17 +221,13 @@ fn shim_pid() -> u32 {
 impl TaskService {
     pub fn new(
         context: Result<Context, String>,
-        namespace: String,
+        events: Arc<Events>,
         exit: Arc<ExitSignal>,
-        publisher: RemotePublisher,
     ) -> TaskService {
         TaskService {
             context,
             exit,
-            events: Arc::new(Events {
-                namespace,
-                publisher: Mutex::new(publisher),
-            }),
+            events,
             containers: Mutex::default(),
             pod: Mutex::default(),
             pending_execs: Mutex::default(),
@@ -318,7 +314,7 @@ impl TaskService {
             .ok_or_else(|| error(Code::NOT_FOUND, format!("container {id} does not exist")))
     }
 
-    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+    fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         self.events.publish(topic, event);
     }
 
@@ -546,38 +542,6 @@ impl TaskService {
             false => root.remove(&entry.id),
         }
         .map_err(|e| e.to_string())
-    }
-}
-
-/// Sends events to containerd's event service.
-struct Events {
-    namespace: String,
-    publisher: Mutex<RemotePublisher>,
-}
-
-impl Events {
-    /// Publishes an event; a failure is logged, not fatal. The connection does not survive
-    /// a restart of containerd, so after a failure it is made again (containerd's address
-    /// is in `TTRPC_ADDRESS`) and the event sent once more.
-    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        let mut publisher = self.publisher.lock().unwrap_or_else(|p| p.into_inner());
-        let send = |publisher: &RemotePublisher, event| {
-            publisher.publish(TtrpcCallContext::default(), topic, &self.namespace, event)
-        };
-        let Err(first) = send(&publisher, event.clone_box()) else {
-            return;
-        };
-        let again = std::env::var("TTRPC_ADDRESS")
-            .map_err(|e| shim::Error::Other(format!("TTRPC_ADDRESS: {e}")))
-            .and_then(RemotePublisher::new)
-            .and_then(|fresh| {
-                send(&fresh, event)?;
-                Ok(fresh)
-            });
-        match again {
-            Ok(fresh) => *publisher = fresh,
-            Err(e) => log::warn!("publishing {topic}: {first}; connecting again: {e}"),
-        }
     }
 }
 
