@@ -61,19 +61,7 @@ fn ctr_run_returns_output_and_the_exit_status() {
         "{log}"
     );
     // --rm deleted the task and the container; nothing of the shim or its sandbox is left.
-    let address = containerd.address().to_string_lossy().into_owned();
-    assert!(
-        processes_with(&address).is_empty(),
-        "{:?}",
-        processes_with(&address)
-    );
-    let state = state_root("shim-run");
-    assert!(
-        processes_with(&state).is_empty(),
-        "{:?}",
-        processes_with(&state)
-    );
-    let _ = std::fs::remove_dir_all(&state);
+    assert_no_leftovers(&containerd, "shim-run");
     drop(scratch);
 }
 
@@ -114,16 +102,13 @@ fn exec_ps_and_kill_of_a_running_task() {
     );
     let tasks = ok(&["task", "ls"]);
     assert!(tasks.stdout.contains("RUNNING"), "{}", tasks.describe());
-    ok(&["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_for_task_status(&containerd, &id, "STOPPED");
-    ok(&["task", "delete", &id]);
-    ok(&["container", "rm", &id]);
+    kill_and_remove(&containerd, &id);
     assert!(
         processes_with("sleep 7392").is_empty(),
         "{:?}",
         processes_with("sleep 7392")
     );
-    let _ = std::fs::remove_dir_all(state_root("shim-exec"));
+    assert_no_leftovers(&containerd, "shim-exec");
     drop(scratch);
 }
 
@@ -228,21 +213,13 @@ fn two_containers_of_a_pod_share_one_shim_and_sandbox() {
     assert_eq!(exec.code(), Some(6), "{}", exec.describe());
     assert_eq!(exec.stdout, "in app\n", "{}", exec.describe());
     // The app goes; the pod stays.
-    ctr_ok(&containerd, &["task", "kill", "--signal", "SIGKILL", &app]);
-    wait_for_task_status(&containerd, &app, "STOPPED");
-    ctr_ok(&containerd, &["task", "delete", &app]);
-    ctr_ok(&containerd, &["container", "rm", &app]);
+    kill_and_remove(&containerd, &app);
     assert_eq!(task_status(&containerd, &pod).as_deref(), Some("RUNNING"));
     assert_eq!(shims(&containerd).len(), 1, "{:?}", shims(&containerd));
     assert!(processes_with("sleep 7394").is_empty());
     // The last one's deletion stops the sandbox and the shim.
-    ctr_ok(&containerd, &["task", "kill", "--signal", "SIGKILL", &pod]);
-    wait_for_task_status(&containerd, &pod, "STOPPED");
-    ctr_ok(&containerd, &["task", "delete", &pod]);
-    ctr_ok(&containerd, &["container", "rm", &pod]);
-    let state = state_root("shim-pod");
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    kill_and_remove(&containerd, &pod);
+    assert_no_leftovers(&containerd, "shim-pod");
     drop(scratch);
 }
 
@@ -273,8 +250,7 @@ fn a_killed_shim_ends_its_tasks_and_delete_cleans_up() {
     assert!(!log.contains("failed to clean up"), "{log}");
     assert!(!log.contains("failed to delete"), "{log}");
     assert!(!sockets.exists(), "{} is left", sockets.display());
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    assert_no_leftovers(&containerd, "shim-kill");
     drop(scratch);
 }
 
@@ -319,8 +295,7 @@ fn a_dead_sandbox_stops_every_task_of_its_pod() {
         ctr_ok(&containerd, &["task", "delete", id]);
         ctr_ok(&containerd, &["container", "rm", id]);
     }
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    assert_no_leftovers(&containerd, "shim-dead");
     drop(scratch);
 }
 
@@ -385,9 +360,7 @@ fn a_restarted_containerd_finds_its_running_tasks() {
         ctr_ok(&containerd, &["task", "delete", id]);
         ctr_ok(&containerd, &["container", "rm", id]);
     }
-    let state = state_root("shim-restart");
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    assert_no_leftovers(&containerd, "shim-restart");
     drop(scratch);
 }
 
@@ -400,9 +373,18 @@ fn socket_dir_in(state: &str) -> Option<PathBuf> {
     (!name.is_empty()).then(|| PathBuf::from(ROOT).join(name))
 }
 
-/// No shim, no process of a sandbox, no state under the shim's state root and no mount of
-/// containerd's left.
-fn assert_no_leftovers(containerd: &Containerd, state: &str) {
+/// Kills a task, waits until it stopped, deletes it and its container.
+fn kill_and_remove(containerd: &Containerd, id: &str) {
+    ctr_ok(containerd, &["task", "kill", "--signal", "SIGKILL", id]);
+    wait_for_task_status(containerd, id, "STOPPED");
+    ctr_ok(containerd, &["task", "delete", id]);
+    ctr_ok(containerd, &["container", "rm", id]);
+}
+
+/// No shim, no process of a sandbox, no state under the test's state root and no mount of
+/// containerd's left; then the state root goes.
+fn assert_no_leftovers(containerd: &Containerd, test: &str) {
+    let state = &state_root(test);
     // A shim that containerd ran for a cleanup (`delete`) may still be on its way out.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !shims(containerd).is_empty() && std::time::Instant::now() < deadline {
@@ -437,6 +419,7 @@ fn assert_no_leftovers(containerd: &Containerd, state: &str) {
         .unwrap_or_default();
     let ours: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
     assert!(ours.is_empty(), "mounts left: {ours:#?}");
+    let _ = std::fs::remove_dir_all(state);
 }
 
 #[test]
@@ -480,9 +463,7 @@ fn runtime_config_path_overrides_the_configuration() {
         let id = format!("shim-opts-{id}-{}", std::process::id());
         let _ = containerd.ctr(&["container", "rm", &id]);
     }
-    let state = state_root("shim-opts");
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    assert_no_leftovers(&containerd, "shim-opts");
     drop(scratch);
 }
 
@@ -540,13 +521,8 @@ fn metrics_of_a_running_task() {
         "{}",
         pause.describe()
     );
-    ctr_ok(&containerd, &["task", "kill", "--signal", "SIGKILL", &id]);
-    wait_for_task_status(&containerd, &id, "STOPPED");
-    ctr_ok(&containerd, &["task", "delete", &id]);
-    ctr_ok(&containerd, &["container", "rm", &id]);
-    let state = state_root("shim-stats");
-    assert_no_leftovers(&containerd, &state);
-    let _ = std::fs::remove_dir_all(&state);
+    kill_and_remove(&containerd, &id);
+    assert_no_leftovers(&containerd, "shim-stats");
     drop(scratch);
 }
 
@@ -592,6 +568,6 @@ fn ctr_run_with_a_terminal() {
         containerd.log()
     );
     assert_eq!(status.code(), Some(5), "{text:?}");
-    let _ = std::fs::remove_dir_all(state_root("shim-tty"));
+    assert_no_leftovers(&containerd, "shim-tty");
     drop(scratch);
 }
