@@ -80,12 +80,22 @@ impl shim::Shim for HuskShim {
     }
 
     /// One shim per pod: the socket address is derived from the pod's id, so a container
-    /// of a pod whose shim runs gets that shim's address (the spawned process finds the
-    /// address serving, reports it and exits).
+    /// of a pod whose shim serves gets that shim's address. Only the first container of a
+    /// pod starts a shim process.
+    ///
+    /// Answering a serving pod's address without spawning anything also keeps this
+    /// process clear of a hang in the crate: a spawned process that exits at once (as one
+    /// that finds the address serving does) sends SIGCHLD while this process drops its
+    /// signal handlers on the way out, and signal-hook's handler then spun forever (seen
+    /// under load: `ctr run` of a pod's second container hung).
     fn start_shim(&mut self, opts: shim::StartOpts) -> Result<String, shim::Error> {
         let annotations = bundle_annotations(Path::new("config.json"));
         let grouping = pod_id(&annotations, &opts.id).to_owned();
-        let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        let existing = shim::socket_address(&opts.address, &opts.namespace, &grouping);
+        let address = match serving(&existing) {
+            true => existing,
+            false => shim::spawn(opts, &grouping, Vec::new())?.1,
+        };
         // containerd finds the shim again after a restart through the bundle's `address`.
         shim::util::write_address(&address)?;
         Ok(address)
@@ -135,6 +145,12 @@ pub fn pod_id<'a>(annotations: &'a BTreeMap<String, String>, container_id: &'a s
         .map(String::as_str)
         .filter(|id| !id.is_empty())
         .unwrap_or(container_id)
+}
+
+/// Whether a shim serves at `address` (`unix://PATH`): a stale socket file refuses.
+fn serving(address: &str) -> bool {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// The annotations of the bundle's spec; none if it cannot be read (Create reports that).
