@@ -89,3 +89,123 @@ fn an_agent_that_exits_at_once_is_reported() {
     assert!(e.to_string().contains("exit status: 1"), "{e}");
     assert!(sandbox.pids().is_empty(), "a failed start leaves nothing");
 }
+
+/// What a process holds that a leak would grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    fds: usize,
+    threads: usize,
+    mounts: usize,
+    sockets: usize,
+}
+
+fn held_now() -> Held {
+    let count = |dir: &str| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    Held {
+        fds: count("/proc/self/fd"),
+        threads: count("/proc/self/task"),
+        mounts: std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| m.lines().count())
+            .unwrap_or(0),
+        sockets: count("/run/husk/.sockets"),
+    }
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs one sandbox through its life in this process: start, a container that runs
+/// `true` to its exit, stop.
+fn one_sandbox(dir: &std::path::Path, rootfs: &std::path::Path, n: usize) {
+    use husk_runtime::sandbox::{PreparedSandbox, SandboxOptions};
+    let options = SandboxOptions {
+        hypervisor: Kind::Host,
+        dir: dir.join(format!("sandbox-{n}")),
+        kernel: PathBuf::new(),
+        initrd: PathBuf::new(),
+        memory_mib: 64,
+        vcpus: 1,
+        hostname: Some(format!("loop-{n}")),
+    };
+    let sandbox = PreparedSandbox::new(&options)
+        .and_then(PreparedSandbox::start)
+        .expect("a sandbox");
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut process = spec.process().clone().expect("process");
+    process.set_args(Some(vec!["true".into()]));
+    spec.set_process(Some(process));
+    let agent = sandbox.agent();
+    agent
+        .create_container(CreateContainer {
+            container_id: "c".into(),
+            spec: serde_json::to_value(&spec).expect("spec"),
+            rootfs: Rootfs::Directory {
+                path: rootfs.to_owned(),
+                overlay: true,
+            },
+            stdio: StdioConfig::default(),
+        })
+        .expect("create");
+    agent.start_container("c").expect("start");
+    let exit = agent.wait("c", None).expect("wait");
+    assert_eq!(exit.status.shell_code(), 0);
+    sandbox.stop().expect("stop");
+}
+
+/// DESIGN's fault tests: sandboxes started and destroyed in a loop in one process leave
+/// no growth in its fds, threads, mounts or sandbox sockets, and its memory settles.
+#[test]
+fn fifty_sandboxes_in_a_loop_leave_nothing_growing() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the host backend creates containers and must run as root"
+    );
+    let dir = scratch_dir("host-loop").expect("scratch");
+    let rootfs = busybox_rootfs().expect("rootfs");
+    // Warm-up: the first sandboxes create what stays (the logger, caches, the socket root).
+    for n in 0..3 {
+        one_sandbox(dir.path(), &rootfs, n);
+    }
+    let before = held_now();
+    let rss_before = rss_kib();
+    for n in 3..53 {
+        one_sandbox(dir.path(), &rootfs, n);
+    }
+    let after = held_now();
+    let rss_after = rss_kib();
+    println!(
+        "50 sandboxes: {before:?} before, {after:?} after; RSS {rss_before} KiB before, \
+         {rss_after} KiB after"
+    );
+    // Other tests of this binary run at the same time and hold fds, threads, mounts and
+    // sockets of their own for a while: no count may end above where it started, once
+    // those are done.
+    let grew = |now: &Held| {
+        now.fds > before.fds
+            || now.threads > before.threads
+            || now.mounts > before.mounts
+            || now.sockets > before.sockets
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut now = after;
+    while grew(&now) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = held_now();
+    }
+    assert!(
+        !grew(&now),
+        "something grew over 50 sandboxes: {before:?} -> {now:?}"
+    );
+    // The allocator keeps some memory; 50 leaked sandboxes would keep far more than this.
+    assert!(
+        rss_after < rss_before + 4096,
+        "RSS grew by {} KiB over 50 sandboxes",
+        rss_after.saturating_sub(rss_before)
+    );
+}
