@@ -469,8 +469,14 @@ fn the_harness_cleans_up_a_pod_left_running() {
     s.ok("StartContainer", s.cri.start_container(&id));
     let dir = s.containerd.dir().to_string_lossy().into_owned();
     let address = s.containerd.address().to_string_lossy().into_owned();
+    // runc's start returns before the container's process has exec'd its command.
+    let marker = format!("sleep {}", case.marker);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while processes_with(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
-        !processes_with(&format!("sleep {}", case.marker)).is_empty(),
+        !processes_with(&marker).is_empty(),
         "the container does not run\n{}",
         s.context()
     );
