@@ -12,6 +12,7 @@
 //! would live on; nothing closes that window yet.)
 
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::Command;
 
 use rustix::mount::MountPropagationFlags;
@@ -20,7 +21,7 @@ use rustix::thread::UnshareFlags;
 use crate::console;
 
 /// The outer agent: never returns.
-pub fn run_isolated(args: &[String]) -> ! {
+pub fn run_isolated(args: &[String], shared: Option<&Path>) -> ! {
     // SAFETY: unshare is unsafe because it can split the fd table (CLONE_FILES) from
     // other threads' view; the flags do not include CLONE_FILES, and no thread has been
     // started yet (CLONE_NEWNS would fail in a threaded process).
@@ -29,15 +30,19 @@ pub fn run_isolated(args: &[String]) -> ! {
     if let Err(e) = unshared {
         fail(&format_args!("cannot create PID and mount namespaces: {e}"));
     }
-    // Mounts made inside stay inside. Slaves, not private: a mount the runtime shares
-    // (a directory it made a shared mount before starting us) still passes mounts made
-    // under it on the host in, which is how a pod's later containers' root file systems
-    // arrive; every other mount of the host is private and stays so.
+    // Mounts made inside stay inside. Slaves first, not private: the directory the
+    // runtime shares with us (`shared`, a shared mount it made before starting us) must
+    // go on passing in the mounts made under it on the host, which is how a pod's later
+    // containers' root file systems arrive. Every other mount that would receive from
+    // the host (another sandbox's shared directory, say) is then made private.
     if let Err(e) = rustix::mount::mount_change(
         "/",
         MountPropagationFlags::DOWNSTREAM | MountPropagationFlags::REC,
     ) {
         fail(&format_args!("cannot make the mounts slaves: {e}"));
+    }
+    if let Err(e) = receive_only_into(shared) {
+        fail(&format_args!("cannot make the mounts private: {e}"));
     }
     let inner_args = args.iter().filter(|a| *a != "--isolate");
     let status = Command::new("/proc/self/exe")
@@ -50,6 +55,30 @@ pub fn run_isolated(args: &[String]) -> ! {
         (None, None) => 1,
     };
     std::process::exit(code)
+}
+
+/// Makes every mount that receives mounts from the host private, except `shared`.
+fn receive_only_into(shared: Option<&Path>) -> Result<(), String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    for line in table.lines() {
+        // Fields: id, parent, dev, root, mount point, options, optional fields up to "-".
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4) else {
+            continue;
+        };
+        let optional = fields.iter().skip(6).take_while(|f| **f != "-");
+        let receives = optional.into_iter().any(|f| f.starts_with("master:"));
+        if !receives || shared == Some(Path::new(point)) {
+            continue;
+        }
+        // A point with characters mountinfo escapes (`\040` for a space) is not found
+        // under its escaped name and stays a slave: harmless, and logged.
+        if let Err(e) = rustix::mount::mount_change(*point, MountPropagationFlags::PRIVATE) {
+            console::error(&format_args!("leaving {point} a slave: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// The inner agent, PID 1 of the new PID namespace, before it serves: it dies with the

@@ -50,7 +50,7 @@ const EXIT_AFTER_READY: &str = "husk.exit_after_ready";
 const GUEST_RUN_DIR: &str = "/run/husk";
 
 const USAGE: &str = "usage: husk-agent                       (as PID 1 in a husk VM)
-       husk-agent --listen unix:PATH [--run-dir DIR] [--isolate]   (on the host, as root)
+       husk-agent --listen unix:PATH [--run-dir DIR] [--isolate [--shared DIR]]   (on the host, as root)
        husk-agent container-run BUNDLE     (run one bundle's config.json in the foreground)";
 
 fn main() {
@@ -85,7 +85,7 @@ fn main() {
         run_as_init();
     }
     match parse_host_args(&args) {
-        Ok(host) if host.isolate => isolate::run_isolated(&args),
+        Ok(host) if host.isolate => isolate::run_isolated(&args, host.shared.as_deref()),
         Ok(host) => run_on_host(&host.address, host.run_dir),
         Err(message) => {
             console::error(&message);
@@ -101,12 +101,15 @@ struct HostArgs {
     run_dir: PathBuf,
     /// Serve from PID 1 of new PID and mount namespaces (see `isolate`).
     isolate: bool,
+    /// With `isolate`: the one host directory whose later mounts the namespace receives.
+    shared: Option<PathBuf>,
 }
 
 fn parse_host_args(args: &[String]) -> Result<HostArgs, String> {
     let mut address = None;
     let mut run_dir = PathBuf::from("/run/husk-agent");
     let mut isolate = false;
+    let mut shared = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -114,6 +117,7 @@ fn parse_host_args(args: &[String]) -> Result<HostArgs, String> {
             "--listen" => address = Some(value()?.parse::<ListenAddress>()?),
             "--run-dir" => run_dir = PathBuf::from(value()?),
             "--isolate" => isolate = true,
+            "--shared" => shared = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
@@ -122,6 +126,7 @@ fn parse_host_args(args: &[String]) -> Result<HostArgs, String> {
         address,
         run_dir,
         isolate,
+        shared,
     })
 }
 

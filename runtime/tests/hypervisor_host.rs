@@ -209,3 +209,50 @@ fn fifty_sandboxes_in_a_loop_leave_nothing_growing() {
         rss_after.saturating_sub(rss_before)
     );
 }
+
+/// A directory shared into a host sandbox reaches its agent's mount namespace, and no
+/// other sandbox's: each agent receives mounts only into its own shared directory.
+#[test]
+fn a_shared_directory_reaches_its_own_sandbox_only() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the host backend creates containers and must run as root"
+    );
+    let dir = scratch_dir("host-shared").expect("scratch");
+    let agent = default_agent().expect("a husk-agent binary");
+    let sandbox = |name: &str| {
+        let mut backend = HostBackend::new(HostConfig {
+            agent: agent.clone(),
+            dir: dir.join(name),
+        });
+        backend.start().expect("start");
+        backend
+    };
+    // `first` exists before `second` starts: `second`'s mount namespace is a copy made
+    // while `first`'s shared directory was already a shared mount.
+    let mut first = sandbox("first");
+    let mut second = sandbox("second");
+    let source = dir.join("source");
+    std::fs::create_dir_all(&source).expect("source");
+    std::fs::write(source.join("marker"), "shared").expect("marker");
+    let target = first.share_directory(&source, "c1").expect("share");
+    let mounted_in = |backend: &HostBackend| {
+        let pid = backend.pids()[0];
+        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
+        table.contains(&*target.to_string_lossy())
+    };
+    assert!(
+        mounted_in(&first),
+        "the first sandbox's agent lacks {}",
+        target.display()
+    );
+    assert!(
+        !mounted_in(&second),
+        "{} reached the second sandbox",
+        target.display()
+    );
+    first.unshare_directory("c1").expect("unshare");
+    assert!(!mounted_in(&first), "{} is still mounted", target.display());
+    first.stop().expect("stop");
+    second.stop().expect("stop");
+}

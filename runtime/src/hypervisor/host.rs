@@ -154,6 +154,8 @@ impl Hypervisor for HostBackend {
             .arg("--run-dir")
             .arg(dir.join("run"))
             .arg("--isolate")
+            .arg("--shared")
+            .arg(self.shared())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
