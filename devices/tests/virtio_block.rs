@@ -1493,3 +1493,77 @@ fn fuzz_harness_random_programs() {
         "{total:?}"
     );
 }
+
+/// Issue 8's fault test: the host file system behind a drive fills up. Writes that find
+/// no space get an I/O error status, nothing else changes, the device keeps serving reads
+/// and flushes, and writes work again once there is space. Needs root, for a small tmpfs
+/// (the full file system).
+#[test]
+fn a_full_host_disk_fails_writes_with_io_errors_and_the_device_lives_on() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test mounts a small tmpfs to fill up and must run as root"
+    );
+    let dir = TempFile::path("full-fs");
+    std::fs::create_dir_all(&dir).expect("a mount point");
+    let _dir = TempFile(dir.clone());
+    // 64 KiB of space under a drive of 1 MiB: the file is sparse, so writes need space.
+    rustix::mount::mount(
+        "tmpfs",
+        &dir,
+        "tmpfs",
+        rustix::mount::MountFlags::empty(),
+        c"size=64k",
+    )
+    .expect("mounting a 64 KiB tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+    let _mounted = Unmount(dir.clone());
+    let disk = dir.join("disk");
+    let file = std::fs::File::create(&disk).expect("the drive's file");
+    file.set_len(1 << 20).expect("a sparse 1 MiB file");
+    drop(file);
+    let mut d = Drive::unstarted(TempFile(disk.clone()), false, Some("full"));
+    d.start();
+    // Fill the file system: 256 KiB of writes into 64 KiB of space.
+    let chunk = pattern(9, 16 * SECTOR);
+    let statuses: Vec<u8> = (0..32).map(|i| d.write(i * 16, &chunk)).collect();
+    assert!(
+        statuses.contains(&status::OK),
+        "no write fit at all: {statuses:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| *s == status::OK || *s == status::IOERR));
+    let failed = statuses.iter().filter(|s| **s == status::IOERR).count();
+    assert!(failed > 0, "a full file system took 256 KiB: {statuses:?}");
+    let (requests, errors) = d.counters();
+    assert_eq!((requests, errors), (32, failed as u64));
+    // What was acknowledged is in the file; the device still reads and flushes.
+    let contents = std::fs::read(&disk).expect("reading the file");
+    for (i, st) in statuses.iter().enumerate() {
+        if *st == status::OK {
+            let at = i * 16 * SECTOR;
+            assert_eq!(contents[at..at + chunk.len()], chunk[..], "write {i}");
+        }
+    }
+    assert_eq!(d.flush(), status::OK);
+    let (st, data) = d.read(0, 16 * SECTOR);
+    assert_eq!((st, data), (status::OK, contents[..16 * SECTOR].to_vec()));
+    assert!(!d.drv.needs_reset());
+    // Space again (the guest discards nothing; the host frees the file's tail): writes
+    // into the freed range work.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .expect("open");
+    file.set_len(16 * SECTOR as u64).expect("freeing space");
+    file.set_len(1 << 20).expect("the size back");
+    drop(file);
+    assert_eq!(d.write(16, &chunk), status::OK);
+    assert_eq!(d.read(16, 16 * SECTOR), (status::OK, chunk));
+}
