@@ -26,6 +26,19 @@ fn a_sandbox_runs_a_container_and_stop_leaves_nothing() {
     assert!(!sandbox.capabilities().isolated_by_vm);
     sandbox.start().expect("start");
     assert_eq!(sandbox.pids().len(), 1);
+    // Whoever can reach the agent's socket controls the sandbox: its directory is the
+    // owner's alone.
+    let address = sandbox.agent_address().expect("an address");
+    let husk_runtime::hypervisor::AgentAddress::Unix { path } = address else {
+        panic!("the host backend's agent has a Unix socket: {address:?}");
+    };
+    let dir = path.parent().expect("a directory");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir)
+            .expect("the socket directory")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
     let client =
         AgentClient::connect(sandbox.agent_connector().expect("connector")).expect("client");
     client.ping().expect("ping");

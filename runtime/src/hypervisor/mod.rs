@@ -60,12 +60,22 @@ pub fn socket_dir(sandbox_dir: &Path) -> PathBuf {
     Path::new(SOCKET_ROOT).join(name)
 }
 
+/// Creates the sandbox's socket directory, open to its owner only: whoever can connect
+/// to the agent's or the VMM's socket controls the sandbox's containers.
 fn create_socket_dir(sandbox_dir: &Path) -> Result<(), HypervisorError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = socket_dir(sandbox_dir);
-    std::fs::create_dir_all(&dir).map_err(|source| HypervisorError::Directory {
+    let failed = |source| HypervisorError::Directory {
         path: dir.clone(),
         source,
-    })
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(failed)?;
+    // `recursive` leaves an existing directory's mode alone.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)
 }
 
 /// Removes the socket directory that holds `socket` (as a sandbox's state records its
