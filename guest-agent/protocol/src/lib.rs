@@ -35,6 +35,9 @@
 //! `{"type": "response", "id": 3, "result": {"Ok": {"reply": "done"}}}`.
 
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod messages;
 pub mod transport;
 

@@ -423,7 +423,7 @@ fn write_file(dir: &Path, file: &str, value: &str) -> Result<(), CgroupError> {
 /// One cgroup setting: the first of `choices` (file, value) whose file exists is
 /// written; if none does, an error, unless `optional` (a "no limit" value).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Setting {
+pub(super) struct Setting {
     choices: Vec<(String, String)>,
     optional: bool,
 }
@@ -525,7 +525,7 @@ fn file_name(field: &'static str, key: &str) -> Result<(), CgroupError> {
 }
 
 /// The settings `resources` asks for, in the order they are written.
-fn settings(resources: &LinuxResources) -> Result<Vec<Setting>, CgroupError> {
+pub(super) fn settings(resources: &LinuxResources) -> Result<Vec<Setting>, CgroupError> {
     let mut out = Vec::new();
     let mut ignored: Vec<&str> = Vec::new();
     if let Some(memory) = resources.memory() {

@@ -4,6 +4,10 @@
 pub mod caps;
 pub mod cgroups;
 pub mod devices;
+// The fuzzing harness (`husk_agent::fuzzing`, see lib.rs); the agent binary does not use it.
+#[cfg(feature = "fuzzing")]
+#[allow(dead_code)]
+pub mod fuzzing;
 pub mod mounts;
 pub mod overlay;
 pub mod seccomp;
