@@ -334,19 +334,7 @@ pub fn husk_state_root(name: &str) -> String {
 /// The pause image as resources/build-pause-image.sh builds it, into
 /// `dir/images/pause.tar`; returns that path.
 pub fn pause_image(dir: &Path) -> Result<PathBuf, Error> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-pause-image.sh");
-    let out = Command::new(&script)
-        .env("HUSK_CACHE_DIR", dir)
-        .output()
-        .map_err(|e| Error(format!("{}: {e}", script.display())))?;
-    if !out.status.success() {
-        return Err(Error(format!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    Ok(dir.join("images/pause.tar"))
+    crate::rootfs::image_from_script(dir, "build-pause-image.sh", "pause.tar")
 }
 
 impl Containerd {

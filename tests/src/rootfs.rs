@@ -158,7 +158,15 @@ pub fn busybox_bundle(dir: &Path, args: &[&str]) -> Result<(), Error> {
 /// The busybox OCI image as the set-up builds it (resources/build-busybox-image.sh), into
 /// `dir/images/busybox.tar`; returns that path.
 pub fn busybox_image(dir: &Path) -> Result<std::path::PathBuf, Error> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../resources/build-busybox-image.sh");
+    image_from_script(dir, "build-busybox-image.sh", "busybox.tar")
+}
+
+/// Runs `resources/SCRIPT` with `HUSK_CACHE_DIR=dir`; the image it builds is
+/// `dir/images/TAR`.
+pub fn image_from_script(dir: &Path, script: &str, tar: &str) -> Result<PathBuf, Error> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../resources")
+        .join(script);
     let out = Command::new(&script)
         .env("HUSK_CACHE_DIR", dir)
         .output()
@@ -170,5 +178,5 @@ pub fn busybox_image(dir: &Path) -> Result<std::path::PathBuf, Error> {
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    Ok(dir.join("images/busybox.tar"))
+    Ok(dir.join("images").join(tar))
 }
