@@ -6,7 +6,7 @@ use oci_spec::runtime::Process;
 use serde::{Deserialize, Serialize};
 
 /// The version both sides must speak; a mismatch fails the hello.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The first frame of every connection, from the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,6 +138,92 @@ pub struct SandboxConfig {
     /// Random bytes from the host, credited to the guest kernel's entropy pool (a fresh
     /// VM has little entropy of its own and no hardware RNG device).
     pub entropy: Vec<u8>,
+    /// The sandbox's network interfaces (a VM's virtio-net devices); empty with the host
+    /// backend, whose containers join the pod's network namespace as it is.
+    pub interfaces: Vec<Interface>,
+    /// Routes to add once every interface is up, in order (a gateway must be reachable
+    /// through a route added before it, or through an interface's own prefix).
+    pub routes: Vec<Route>,
+}
+
+/// A network interface for the agent to configure: found by its MAC, renamed, given its
+/// MTU and addresses, and brought up. The loopback interface is always brought up and
+/// is never listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// The name the interface gets in the guest (`eth0`, ...).
+    pub name: String,
+    /// The MAC the VMM gave the virtio-net device: how the agent tells interfaces apart.
+    pub mac: MacAddress,
+    /// The MTU, when it is not the device's default (1500).
+    pub mtu: Option<u32>,
+    pub addresses: Vec<IpPrefix>,
+}
+
+/// An Ethernet address, `aa:bb:cc:dd:ee:ff` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddress(pub [u8; 6]);
+
+/// An address with its prefix length (`10.88.0.5/16`, `fd00::5/64`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpPrefix {
+    pub address: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+/// A route: `destination` (none for the default route) via `gateway` (none for a route
+/// on the link), out of the interface named `interface`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub destination: Option<IpPrefix>,
+    pub gateway: Option<std::net::IpAddr>,
+    pub interface: String,
+}
+
+impl std::fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+/// A MAC that is not six `:`-separated hexadecimal bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
+/// not a MAC address (six hexadecimal bytes separated by ':'): '{0}'
+pub struct BadMacAddress(pub String);
+
+impl std::str::FromStr for MacAddress {
+    type Err = BadMacAddress;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadMacAddress(text.to_owned());
+        let mut bytes = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut bytes {
+            let part = parts.next().ok_or_else(bad)?;
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddress(bytes))
+    }
+}
+
+impl Serialize for MacAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A container to create.
@@ -329,4 +415,38 @@ pub enum ErrorKind {
     Unsupported,
     /// the operation failed
     Failed,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_cross_the_protocol_as_text() {
+        let mac: MacAddress = "02:aB:00:ff:10:9c".parse().expect("a MAC");
+        assert_eq!(mac.0, [0x02, 0xab, 0x00, 0xff, 0x10, 0x9c]);
+        let json = serde_json::to_string(&mac).expect("serialized");
+        assert_eq!(json, "\"02:ab:00:ff:10:9c\"");
+        assert_eq!(
+            serde_json::from_str::<MacAddress>(&json).expect("parsed"),
+            mac
+        );
+    }
+
+    #[test]
+    fn malformed_mac_addresses_are_refused() {
+        for text in [
+            "",
+            "02:ab:00:ff:10",
+            "02:ab:00:ff:10:9c:00",
+            "2:ab:00:ff:10:9c",
+            "02-ab-00-ff-10-9c",
+            "0g:ab:00:ff:10:9c",
+            "+2:ab:00:ff:10:9c",
+        ] {
+            assert!(text.parse::<MacAddress>().is_err(), "{text:?} parsed");
+        }
+        let error = serde_json::from_str::<MacAddress>("\"nope\"").expect_err("refused");
+        assert!(error.to_string().contains("not a MAC address"), "{error}");
+    }
 }
