@@ -378,3 +378,66 @@ fn a_signal_stops_a_running_vm() {
         );
     }
 }
+
+/// The seccomp mode (`Seccomp:` of /proc/PID/task/TID/status) of each of a running
+/// husk's threads, by thread name.
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(Result::ok)
+        .map(|task| {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .unwrap_or("")
+                .trim()
+                .to_owned();
+            (name.trim().to_owned(), mode)
+        })
+        .collect()
+}
+
+/// Issue 8: the vCPU and event-loop threads run under their seccomp filters (mode 2,
+/// filter) by default, and without them only when asked (`--seccomp off`); the other
+/// threads (the runtime's) are not filtered.
+#[test]
+fn vcpu_and_event_loop_threads_run_under_seccomp() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    for (flag, expected) in [(None, "2"), (Some("off"), "0")] {
+        let mut command = husk_tests::husk::husk_command().unwrap();
+        command
+            .args(["vmm", "--vcpus", "2", "--kernel"])
+            .arg(guest(Guest::Spin));
+        if let Some(flag) = flag {
+            command.args(["--seccomp", flag]);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim_end(), "spin: running");
+        let modes = seccomp_modes(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let vmm: Vec<_> = modes
+            .iter()
+            .filter(|(name, _)| name.starts_with("husk-vcpu-") || name == "husk-event-loop")
+            .collect();
+        assert_eq!(vmm.len(), 3, "two vCPUs and the event loop: {modes:?}");
+        assert!(
+            vmm.iter().all(|(_, mode)| mode == expected),
+            "{flag:?}: {modes:?}"
+        );
+        let main = modes.iter().find(|(name, _)| name == "husk");
+        assert_eq!(main.map(|(_, m)| m.as_str()), Some("0"), "{modes:?}");
+    }
+}

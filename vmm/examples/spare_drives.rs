@@ -175,6 +175,7 @@ fn main() -> ExitCode {
         vsock: None,
         kvm_device: PathBuf::from("/dev/kvm"),
         start_time: Instant::now(),
+        seccomp: true,
     };
     let vmm = match Vmm::with_spare_drives(config, args.spares) {
         Ok(vmm) => vmm,

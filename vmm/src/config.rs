@@ -69,6 +69,9 @@ pub struct VmmConfig {
     pub kvm_device: PathBuf,
     /// The instant the boot timer measures from: normally the start of the process.
     pub start_time: Instant,
+    /// Each vCPU thread and the event loop install their seccomp filter (`husk-seccomp`)
+    /// before they handle anything the guest does. Off only to debug.
+    pub seccomp: bool,
 }
 
 /// The command line husk gives a kernel when the user does not: serial console, reset

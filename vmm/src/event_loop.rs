@@ -53,9 +53,11 @@ pub struct EventLoop {
 
 impl EventLoop {
     /// Starts the loop; a failure of the loop itself stops the VM through `exit`.
+    /// With `seccomp`, the thread installs its filter before it waits for anything.
     pub fn start(
         exit: Arc<ExitState>,
         subscribers: Vec<Subscriber>,
+        seccomp: bool,
     ) -> Result<Self, EventLoopError> {
         let quit = EventFd::new(libc::EFD_NONBLOCK).map_err(EventLoopError::EventFd)?;
         let mut manager: EventManager<Subscriber> =
@@ -71,13 +73,21 @@ impl EventLoop {
         }
         let thread = std::thread::Builder::new()
             .name("husk-event-loop".into())
-            .spawn(move || loop {
-                if let Err(e) = manager.run() {
-                    exit.request(ExitReason::EventLoop(format!("{e:?}")));
-                    return;
+            .spawn(move || {
+                if seccomp {
+                    if let Err(e) = husk_seccomp::install(husk_seccomp::ThreadKind::EventLoop) {
+                        exit.request(ExitReason::Seccomp(e.to_string()));
+                        return;
+                    }
                 }
-                if quit_event.lock().map(|q| q.quitting).unwrap_or(true) {
-                    return;
+                loop {
+                    if let Err(e) = manager.run() {
+                        exit.request(ExitReason::EventLoop(format!("{e:?}")));
+                        return;
+                    }
+                    if quit_event.lock().map(|q| q.quitting).unwrap_or(true) {
+                        return;
+                    }
                 }
             })
             .map_err(EventLoopError::Spawn)?;

@@ -25,6 +25,8 @@ pub enum ExitReason {
     VcpuFailed { vcpu: u8, errno: i32 },
     /// the VMM event loop failed: {0}
     EventLoop(String),
+    /// {0}
+    Seccomp(String),
 }
 
 impl ExitReason {

@@ -140,6 +140,7 @@ pub struct Vmm {
     subscribers: Vec<event_loop::Subscriber>,
     vsock_connector: Option<VsockConnector>,
     drive_handle: DriveHandle,
+    seccomp: bool,
 }
 
 impl Vmm {
@@ -257,6 +258,7 @@ impl Vmm {
             subscribers,
             vsock_connector,
             drive_handle,
+            seccomp: config.seccomp,
         })
     }
 
@@ -279,13 +281,23 @@ impl Vmm {
     pub fn run(mut self) -> Result<VmExit, Error> {
         install_kick_handler()?;
         let subscribers = std::mem::take(&mut self.subscribers);
-        let mut event_loop = EventLoop::start(self.exit.clone(), subscribers)?;
+        let mut event_loop = EventLoop::start(self.exit.clone(), subscribers, self.seccomp)?;
 
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let (exit, seccomp) = (self.exit.clone(), self.seccomp);
             let spawned = std::thread::Builder::new()
                 .name(format!("husk-vcpu-{id}"))
-                .spawn(move || vcpu.run());
+                .spawn(move || {
+                    // Before the guest runs a single instruction on this thread.
+                    if seccomp {
+                        if let Err(e) = husk_seccomp::install(husk_seccomp::ThreadKind::Vcpu) {
+                            exit.request(ExitReason::Seccomp(e.to_string()));
+                            return;
+                        }
+                    }
+                    vcpu.run()
+                });
             match spawned {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {

@@ -51,6 +51,17 @@ pub struct VmmArgs {
     /// console, drives, vsock); flags given as well override it
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The vCPU and event-loop threads' seccomp filters: on, or off only to debug
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, default_value = "on", action = clap::ArgAction::Set)]
+    seccomp: bool,
+}
+
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}' is neither on nor off")),
+    }
 }
 
 /// The JSON form of the same settings.
@@ -243,6 +254,7 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
         vsock,
         kvm_device: guest::kvm_device(),
         start_time: start,
+        seccomp: args.seccomp,
     })
 }
 

@@ -108,6 +108,7 @@ impl BuiltinBackend {
             }),
             kvm_device: self.config.kvm_device.clone(),
             start_time: Instant::now(),
+            seccomp: true,
         }
     }
 }

@@ -1,0 +1,88 @@
+//! Each filter against a system call it must not allow, in a child process (a violation
+//! ends the process): this test binary runs itself again with `HUSK_SECCOMP_CHILD` set,
+//! and the child installs a filter on a thread and then tries the call.
+
+use std::process::Command;
+
+use husk_seccomp::{install, ThreadKind};
+
+const CHILD: &str = "HUSK_SECCOMP_CHILD";
+
+/// In the child: a thread of `kind` that writes (allowed), opens a file (fails), makes
+/// glibc shrink its heap (allowed), then `execve`s /bin/true. Were that call allowed, the
+/// process would become `true` and exit 0.
+fn child(kind: ThreadKind) {
+    let worker = std::thread::spawn(move || {
+        install(kind).expect("installing the filter");
+        eprintln!("filter installed");
+        match std::fs::File::open("/etc/hostname") {
+            Ok(_) => eprintln!("open succeeded"),
+            Err(e) => eprintln!("open failed: {e}"),
+        }
+        churn_the_heap();
+        eprintln!("heap churned");
+        let program = c"/bin/true";
+        let argv = [program.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        // SAFETY: a valid NUL-terminated path and NULL-terminated argument and
+        // environment arrays; if the call were allowed it would replace the process.
+        unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        eprintln!("execve returned");
+    });
+    let _ = worker.join();
+}
+
+/// Grows this thread's malloc arena well past the trim threshold and frees it all: glibc
+/// then shrinks the thread's heap, and the first time it does so it opens
+/// `/proc/sys/vm/overcommit_memory`, which the filters must let fail, not trap.
+fn churn_the_heap() {
+    // 64 KiB stays below malloc's mmap threshold, so the blocks come from the arena.
+    let blocks: Vec<Vec<u8>> = (0..512).map(|i| vec![i as u8; 64 << 10]).collect();
+    let sum: u64 = blocks.iter().map(|b| u64::from(b[0])).sum();
+    drop(blocks);
+    eprintln!("churned {sum}");
+}
+
+fn run_child(test: &str, kind: &str) -> std::process::Output {
+    Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD, kind)
+        .output()
+        .expect("running the child")
+}
+
+fn check(test: &str, kind: ThreadKind, name: &str) {
+    match std::env::var(CHILD).as_deref() {
+        Ok(k) if k == name => return child(kind),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let out = run_child(test, name);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("filter installed"), "{stderr}");
+    assert_eq!(out.status.code(), Some(159), "{stderr}");
+    let line = format!(
+        "husk: seccomp: the {name} thread made a system call its filter forbids: execve (59)"
+    );
+    assert!(stderr.contains(&line), "{stderr}");
+    assert!(!stderr.contains("execve returned"), "{stderr}");
+    assert!(
+        stderr.contains("open failed: Permission denied"),
+        "opening a file must fail, not trap: {stderr}"
+    );
+    assert!(stderr.contains("heap churned"), "{stderr}");
+}
+
+#[test]
+fn the_vcpu_filter_stops_execve() {
+    check("the_vcpu_filter_stops_execve", ThreadKind::Vcpu, "vcpu");
+}
+
+#[test]
+fn the_event_loop_filter_stops_execve() {
+    check(
+        "the_event_loop_filter_stops_execve",
+        ThreadKind::EventLoop,
+        "event-loop",
+    );
+}
