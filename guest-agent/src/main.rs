@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod isolate;
 mod mounts;
+mod network;
 mod ready;
 mod reaper;
 mod sandbox;

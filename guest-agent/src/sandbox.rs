@@ -16,6 +16,7 @@ use crate::container::cgroups::{self, Cgroup};
 use crate::container::overlay::Overlay;
 use crate::container::spawn::{self, SpawnKind, SpawnPlan, Spawned};
 use crate::events::{bus, EventBus};
+use crate::network;
 use crate::reaper::reaper;
 use crate::stdio::{self, PendingStreams, ProcessIo};
 use crate::system;
@@ -222,6 +223,9 @@ impl Sandbox {
             system::write_resolv_conf(&config.dns_servers, &config.dns_search)
                 .map_err(|e| failed("writing /etc/resolv.conf", e))?;
         }
+        // Always: a pod without interfaces still has its loopback, which starts down.
+        network::configure(&config.interfaces, &config.routes, network::LINK_PATIENCE)
+            .map_err(|e| err(ErrorKind::Failed, format!("configuring the network: {e}")))?;
         Ok(())
     }
 
