@@ -10,7 +10,7 @@ need_rust
 
 step "packages"
 apt_install build-essential qemu-system-x86 busybox-static cpio e2fsprogs containerd runc \
-    protobuf-compiler
+    protobuf-compiler containernetworking-plugins iproute2
 
 step "guest kernel, agent and initramfs (resources/build-guest.sh)"
 resources/build-guest.sh

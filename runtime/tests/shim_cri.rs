@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_tests::containerd::{
-    husk_shim_env, husk_state_root, pause_image, Containerd, BUSYBOX_IMAGE, HUSK_HANDLER,
-    RUNC_HANDLER,
+    husk_shim_env, husk_state_root, pause_image, Containerd, BUSYBOX_IMAGE, CNI_GATEWAY,
+    HUSK_HANDLER, RUNC_HANDLER,
 };
 use husk_tests::cri::{api, container_state_name, pod_state_name, CriClient};
 use husk_tests::process::processes_with;
@@ -63,6 +63,12 @@ impl Drop for StateRoot {
 
 impl Setup {
     fn new(case: &Case) -> Setup {
+        Setup::start(case, false)
+    }
+
+    /// With `cni`, pods that do not use the host's network get the CNI network of
+    /// [`Containerd::start_cri_with_cni`].
+    fn start(case: &Case, cni: bool) -> Setup {
         assert!(
             rustix::process::geteuid().is_root(),
             "containerd runs containers and must run as root"
@@ -77,7 +83,11 @@ impl Setup {
             ),
             _ => (Vec::new(), None),
         };
-        let containerd = Containerd::start_cri(case.name, &env).expect("containerd with CRI");
+        let containerd = match cni {
+            true => Containerd::start_cri_with_cni(case.name, &env),
+            false => Containerd::start_cri(case.name, &env),
+        }
+        .expect("containerd with CRI");
         for image in [&pause, &busybox] {
             containerd
                 .import_cri(image)
@@ -440,6 +450,113 @@ fn cri_pod_of_two_containers_with_husk() {
         several: true,
         marker: "7413",
     });
+}
+
+/// A pod on a CNI network (Debian's bridge and host-local plugins) with husk: its
+/// container reaches a TCP server in the host's network namespace, on the bridge's
+/// address, and a server in the container is reached from the host at the pod's address.
+/// StopPodSandbox then leaves no network namespace behind.
+#[test]
+fn cri_pod_on_a_cni_network_with_husk() {
+    let case = Case {
+        name: "cri-husk-cni",
+        handler: HUSK_HANDLER,
+        shim: "containerd-shim-husk-v2",
+        several: false,
+        marker: "7415",
+    };
+    let s = Setup::start(&case, true);
+    let step = |text: &str| eprintln!("[{}] {text}", case.name);
+    let netns_before = network_namespaces();
+
+    step("RunPodSandbox (CNI network)");
+    let uid = format!("{}-{}", case.name, std::process::id());
+    let pod_config = husk_tests::cri::pod_network_pod(case.name, &uid, &s.logs);
+    let pod = s.ok(
+        "RunPodSandbox",
+        s.cri.run_pod_sandbox(&pod_config, case.handler),
+    );
+    let status = s.ok("PodSandboxStatus", s.cri.pod_sandbox_status(&pod));
+    let pod_ip: std::net::Ipv4Addr = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.as_str())
+        .and_then(|ip| ip.parse().ok())
+        .unwrap_or_else(|| panic!("the pod has no IPv4 address: {status:?}\n{}", s.context()));
+    assert!(pod_ip.to_string().starts_with("10.89.0."), "{pod_ip}");
+
+    // The host's server, on the bridge (which CNI made for the pod).
+    let listener = std::net::TcpListener::bind((CNI_GATEWAY, 0)).expect("a server on the bridge");
+    let port = listener.local_addr().expect("its port").port();
+
+    step("a container that talks to the host, then serves it");
+    let script = format!(
+        ": net {marker}; echo hello-host | nc {CNI_GATEWAY} {port}; echo ready >/tmp/ready; \
+         echo hello-pod | nc -l -p 8080; sleep {marker}",
+        marker = case.marker
+    );
+    let config =
+        husk_tests::cri::pod_network_container("net", BUSYBOX_IMAGE, &["sh", "-c", &script], &[]);
+    let id = s.ok(
+        "CreateContainer",
+        s.cri.create_container(&pod, &config, &pod_config),
+    );
+    s.ok("StartContainer", s.cri.start_container(&id));
+
+    listener.set_nonblocking(true).expect("nonblocking");
+    let (from_pod, peer) = s.wait_for("the pod's connection to the host", || {
+        listener.accept().ok()
+    });
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(pod_ip),
+        "from the pod's address"
+    );
+    from_pod.set_nonblocking(false).expect("blocking");
+    from_pod
+        .set_read_timeout(Some(WAIT))
+        .expect("a read timeout");
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&from_pod), &mut said)
+        .expect("what the pod said");
+    assert_eq!(said, "hello-host\n");
+    drop(from_pod);
+
+    s.wait_ready(&id, "net");
+    let answer = s.wait_for("the container's server, from the host", || {
+        let mut stream = std::net::TcpStream::connect((pod_ip, 8080)).ok()?;
+        stream.set_read_timeout(Some(WAIT)).ok()?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer).ok()?;
+        (!answer.is_empty()).then_some(answer)
+    });
+    assert_eq!(answer, "hello-pod\n");
+
+    step("StopPodSandbox + RemovePodSandbox");
+    s.ok("StopPodSandbox", s.cri.stop_pod_sandbox(&pod));
+    s.ok("RemovePodSandbox", s.cri.remove_pod_sandbox(&pod));
+    s.wait_for("the shim's end", || {
+        s.shims(case.shim).is_empty().then_some(())
+    });
+    assert_eq!(
+        network_namespaces(),
+        netns_before,
+        "CNI's namespace is left"
+    );
+    step("done");
+}
+
+/// The named network namespaces (CNI's are under /var/run/netns).
+fn network_namespaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// What a test leaves in CRI's namespace (a running pod with a running container, here

@@ -39,8 +39,20 @@ pub const HUSK_RUNTIME: &str = "io.containerd.husk.v2";
 pub const RUNC_HANDLER: &str = "runc";
 pub const HUSK_HANDLER: &str = "husk";
 
+/// The CNI network of [`Containerd::start_cri_with_cni`]: Debian's `bridge` plugin on
+/// this bridge, the gateway's address on it, and `host-local` addresses from the subnet.
+/// One such network at a time on a host (one test uses it).
+pub const CNI_BRIDGE: &str = "husk-cni0";
+pub const CNI_SUBNET: &str = "10.89.0.0/24";
+pub const CNI_GATEWAY: &str = "10.89.0.1";
+
+/// Where Debian's containernetworking-plugins installs the plugins.
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
 pub struct Containerd {
     dir: PathBuf,
+    /// Pods get [`CNI_BRIDGE`]'s network; the drop removes the bridge.
+    cni: bool,
     child: Option<Child>,
     /// What was added to containerd's environment (a restart passes it again).
     env: Vec<(String, OsString)>,
@@ -58,7 +70,7 @@ impl Containerd {
     /// The same, with variables added to containerd's environment (which its shims
     /// inherit: a PATH that finds a shim, a runtime's configuration).
     pub fn start_with_env(name: &str, env: &[(&str, OsString)]) -> Result<Containerd, Error> {
-        Containerd::start_config(name, env, false)
+        Containerd::start_config(name, env, false, false)
     }
 
     /// The same, with the CRI plugin enabled (see the module's documentation; the
@@ -66,10 +78,27 @@ impl Containerd {
     /// them, are imported with [`Containerd::import_cri`]; a CRI client must wait until
     /// the plugin is initialized ([`crate::cri::CriClient::connect`] does).
     pub fn start_cri(name: &str, env: &[(&str, OsString)]) -> Result<Containerd, Error> {
-        Containerd::start_config(name, env, true)
+        Containerd::start_config(name, env, true, false)
     }
 
-    fn start_config(name: &str, env: &[(&str, OsString)], cri: bool) -> Result<Containerd, Error> {
+    /// The same, with a CNI network for pods that do not use the host's: a bridge
+    /// ([`CNI_BRIDGE`]) with the gateway's address and host-local addresses (see
+    /// [`cni_conflist`]). Needs Debian's containernetworking-plugins.
+    pub fn start_cri_with_cni(name: &str, env: &[(&str, OsString)]) -> Result<Containerd, Error> {
+        if !Path::new(CNI_BIN_DIR).join("bridge").is_file() {
+            return Err(Error(format!(
+                "no CNI plugins in {CNI_BIN_DIR} (apt-get install containernetworking-plugins)"
+            )));
+        }
+        Containerd::start_config(name, env, true, true)
+    }
+
+    fn start_config(
+        name: &str,
+        env: &[(&str, OsString)],
+        cri: bool,
+        cni: bool,
+    ) -> Result<Containerd, Error> {
         use std::sync::atomic::{AtomicU32, Ordering};
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let binary = which("containerd").ok_or_else(|| {
@@ -107,10 +136,17 @@ impl Containerd {
         if cri {
             config.push_str(&cri_config(&dir));
         }
+        if cni {
+            let net_d = dir.join("cni/net.d");
+            std::fs::create_dir_all(&net_d)
+                .and_then(|()| std::fs::write(net_d.join("10-husk-test.conflist"), cni_conflist(&dir)))
+                .map_err(|e| Error(format!("writing the CNI configuration: {e}")))?;
+        }
         std::fs::write(dir.join("config.toml"), config)
             .map_err(|e| Error(format!("writing containerd's config: {e}")))?;
         let mut containerd = Containerd {
             dir,
+            cni,
             child: None,
             env: env
                 .iter()
@@ -266,8 +302,9 @@ impl Containerd {
 /// - cgroupfs, not systemd (there is no systemd here); host cgroups are v1 (hybrid);
 /// - no AppArmor or SELinux: the test pods ask for no profile or label, and a host may
 ///   have neither;
-/// - no CNI: its directories are private and empty, since the tests' pods use the
-///   host's network (CRI calls no CNI plugin for those);
+/// - CNI: Debian's plugins, and a private configuration directory, empty unless the
+///   containerd was started with [`Containerd::start_cri_with_cni`] (CRI calls no CNI
+///   plugin for the pods that use the host's network);
 /// - the streaming server (exec, attach, port-forward URLs, unused by ExecSync) on an
 ///   ephemeral loopback port, so that concurrent containerds do not fight over 10010.
 pub fn cri_config(dir: &Path) -> String {
@@ -291,11 +328,34 @@ pub fn cri_config(dir: &Path) -> String {
          [{CRI}.containerd.runtimes.{HUSK_HANDLER}]\n\
          \x20 runtime_type = \"{HUSK_RUNTIME}\"\n\
          [{CRI}.cni]\n\
-         \x20 bin_dir = \"{cni}/bin\"\n\
+         \x20 bin_dir = \"{CNI_BIN_DIR}\"\n\
          \x20 conf_dir = \"{cni}/net.d\"\n",
         runc_root = dir.join("runc").display(),
         cni = dir.join("cni").display(),
     )
+}
+
+/// The CNI network list of [`Containerd::start_cri_with_cni`]: a bridge that is the
+/// pods' gateway, no masquerading (the traffic stays on this host), host-local addresses
+/// recorded under `dir`.
+pub fn cni_conflist(dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "husk-test",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": CNI_BRIDGE,
+            "isGateway": true,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{ "subnet": CNI_SUBNET, "gateway": CNI_GATEWAY }]],
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "dataDir": dir.join("cni/ipam").to_string_lossy(),
+            },
+        }],
+    })
+    .to_string()
 }
 
 /// The environment under which containerd runs husk's shim, for the test `name`: the
@@ -409,6 +469,12 @@ impl Drop for Containerd {
             let _ = Command::new("umount").args(["-l", point]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        if self.cni {
+            let _ = Command::new("ip")
+                .args(["link", "del", CNI_BRIDGE])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -362,6 +362,39 @@ pub fn container(
     }
 }
 
+/// The same pod on a network of its own (CNI's), as a kubelet asks for an ordinary pod.
+pub fn pod_network_pod(name: &str, uid: &str, log_directory: &Path) -> api::PodSandboxConfig {
+    let mut config = host_network_pod(name, uid, log_directory);
+    if let Some(options) = config
+        .linux
+        .as_mut()
+        .and_then(|linux| linux.security_context.as_mut())
+        .and_then(|context| context.namespace_options.as_mut())
+    {
+        options.network = api::NamespaceMode::Pod.into();
+    }
+    config
+}
+
+/// A container of a [`pod_network_pod`]: it shares its pod's network.
+pub fn pod_network_container(
+    name: &str,
+    image: &str,
+    command: &[&str],
+    env: &[(&str, &str)],
+) -> api::ContainerConfig {
+    let mut config = container(name, image, command, env);
+    if let Some(options) = config
+        .linux
+        .as_mut()
+        .and_then(|linux| linux.security_context.as_mut())
+        .and_then(|context| context.namespace_options.as_mut())
+    {
+        options.network = api::NamespaceMode::Pod.into();
+    }
+    config
+}
+
 /// The namespaces of a host-network pod: the node's network, the pod's IPC, a PID
 /// namespace per container (the kubelet's default).
 fn host_network_namespaces() -> api::NamespaceOption {
