@@ -139,7 +139,9 @@ impl Containerd {
         if cni {
             let net_d = dir.join("cni/net.d");
             std::fs::create_dir_all(&net_d)
-                .and_then(|()| std::fs::write(net_d.join("10-husk-test.conflist"), cni_conflist(&dir)))
+                .and_then(|()| {
+                    std::fs::write(net_d.join("10-husk-test.conflist"), cni_conflist(&dir))
+                })
                 .map_err(|e| Error(format!("writing the CNI configuration: {e}")))?;
         }
         std::fs::write(dir.join("config.toml"), config)
