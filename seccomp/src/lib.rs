@@ -20,6 +20,7 @@
 //! Filters are per thread (no TSYNC): the runtime's own threads, which start processes
 //! and mount file systems, are not restricted by these.
 
+pub mod jail;
 mod syscall_names;
 
 use std::cell::Cell;
@@ -64,6 +65,8 @@ pub enum SeccompError {
     Build(ThreadKind, seccompiler::BackendError),
     /// installing the {0} thread's seccomp filter: {1}
     Install(ThreadKind, seccompiler::Error),
+    /// confining the {0} thread: {1}
+    Jail(ThreadKind, jail::JailError),
     /// installing the handler of seccomp violations: {0}
     Handler(std::io::Error),
 }
@@ -181,7 +184,9 @@ fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
         rules.insert(*syscall, Vec::new());
     }
     let ioctls: &[u64] = match kind {
-        ThreadKind::Vcpu => &[KVM_RUN],
+        // TUNSETOFFLOAD: virtio-net sets the tap's offloads to what the driver accepted
+        // when the driver starts or resets the device, which it does from a vCPU thread.
+        ThreadKind::Vcpu => &[KVM_RUN, libc::TUNSETOFFLOAD as u64],
         ThreadKind::EventLoop => &[libc::FIONBIO],
     };
     let ioctl_rules = ioctls
@@ -207,6 +212,17 @@ fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 thread_local! {
     /// The kind of this thread's filter, for the violation's message.
     static KIND: Cell<Option<ThreadKind>> = const { Cell::new(None) };
+}
+
+/// Confines the calling thread for the rest of its life: its jail ([`jail`]: no
+/// capabilities; for a vCPU thread an empty root too), then its filters.
+pub fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
+    let root = match kind {
+        ThreadKind::Vcpu => jail::Root::Empty,
+        ThreadKind::EventLoop => jail::Root::Host,
+    };
+    jail::confine_thread(root).map_err(|e| SeccompError::Jail(kind, e))?;
+    install(kind)
 }
 
 /// Installs the filter of `kind` on the calling thread, for the rest of its life.

@@ -379,9 +379,18 @@ fn a_signal_stops_a_running_vm() {
     }
 }
 
-/// The seccomp mode (`Seccomp:` of /proc/PID/task/TID/status) of each of a running
-/// husk's threads, by thread name.
-fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+/// How one of a running husk's threads is confined: from /proc/PID/task/TID, its
+/// seccomp mode (`Seccomp:` of `status`: 2 is a filter), its effective capabilities
+/// (`CapEff:`) and its root directory.
+#[derive(Debug)]
+struct ThreadConfinement {
+    name: String,
+    seccomp: String,
+    cap_eff: String,
+    root: PathBuf,
+}
+
+fn thread_confinement(pid: u32) -> Vec<ThreadConfinement> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
         .filter_map(Result::ok)
@@ -389,32 +398,45 @@ fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
             let path = task.path();
             let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
             let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-            let mode = status
-                .lines()
-                .find_map(|l| l.strip_prefix("Seccomp:"))
-                .unwrap_or("")
-                .trim()
-                .to_owned();
-            (name.trim().to_owned(), mode)
+            let field = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            };
+            ThreadConfinement {
+                name: name.trim().to_owned(),
+                seccomp: field("Seccomp:"),
+                cap_eff: field("CapEff:"),
+                root: std::fs::read_link(path.join("root")).unwrap_or_default(),
+            }
         })
         .collect()
 }
 
-/// Issue 8: the vCPU and event-loop threads run under their seccomp filters (mode 2,
-/// filter) by default, and without them only when asked (`--seccomp off`); the other
-/// threads (the runtime's) are not filtered.
+/// Issue 8: the vCPU and event-loop threads run confined by default: under their
+/// seccomp filters (mode 2), with no capabilities, and the vCPU threads in an empty root;
+/// and unconfined only when asked (`--seccomp off`). The other threads (the runtime's)
+/// keep the process's root and capabilities and have no filter.
 #[test]
-fn vcpu_and_event_loop_threads_run_under_seccomp() {
+fn vcpu_and_event_loop_threads_run_confined() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
-    for (flag, expected) in [(None, "2"), (Some("off"), "0")] {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the confinement checked here is root's (an empty root needs CAP_SYS_CHROOT)"
+    );
+    const NO_CAPS: &str = "0000000000000000";
+    for confined in [true, false] {
         let mut command = husk_tests::husk::husk_command().unwrap();
         command
             .args(["vmm", "--vcpus", "2", "--kernel"])
             .arg(guest(Guest::Spin));
-        if let Some(flag) = flag {
-            command.args(["--seccomp", flag]);
+        if !confined {
+            command.args(["--seccomp", "off"]);
         }
         let mut child = command
             .stdout(Stdio::piped())
@@ -425,19 +447,44 @@ fn vcpu_and_event_loop_threads_run_under_seccomp() {
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), "spin: running");
-        let modes = seccomp_modes(child.id());
+        let threads = thread_confinement(child.id());
         let _ = child.kill();
         let _ = child.wait();
-        let vmm: Vec<_> = modes
+        let named = |prefix: &str| -> Vec<&ThreadConfinement> {
+            threads
+                .iter()
+                .filter(|t| t.name.starts_with(prefix))
+                .collect()
+        };
+        let (vcpus, event_loop) = (named("husk-vcpu-"), named("husk-event-loop"));
+        assert_eq!((vcpus.len(), event_loop.len()), (2, 1), "{threads:?}");
+        let main = threads
             .iter()
-            .filter(|(name, _)| name.starts_with("husk-vcpu-") || name == "husk-event-loop")
-            .collect();
-        assert_eq!(vmm.len(), 3, "two vCPUs and the event loop: {modes:?}");
-        assert!(
-            vmm.iter().all(|(_, mode)| mode == expected),
-            "{flag:?}: {modes:?}"
-        );
-        let main = modes.iter().find(|(name, _)| name == "husk");
-        assert_eq!(main.map(|(_, m)| m.as_str()), Some("0"), "{modes:?}");
+            .find(|t| t.name == "husk")
+            .expect("the main thread");
+        assert_eq!(main.seccomp, "0", "{threads:?}");
+        assert_ne!(main.cap_eff, NO_CAPS, "{threads:?}");
+        assert_eq!(main.root, Path::new("/"), "{threads:?}");
+        for thread in vcpus.iter().chain(&event_loop) {
+            let expected_root = match (confined, thread.name.starts_with("husk-vcpu-")) {
+                // husk_seccomp::jail::EMPTY_ROOT
+                (true, true) => Path::new("/run/husk/.empty"),
+                _ => Path::new("/"),
+            };
+            assert_eq!(thread.root, expected_root, "{confined}: {threads:?}");
+            if confined {
+                assert_eq!(
+                    (thread.seccomp.as_str(), thread.cap_eff.as_str()),
+                    ("2", NO_CAPS),
+                    "{threads:?}"
+                );
+            } else {
+                assert_eq!(
+                    (thread.seccomp.as_str(), thread.cap_eff.as_str()),
+                    ("0", main.cap_eff.as_str()),
+                    "{threads:?}"
+                );
+            }
+        }
     }
 }

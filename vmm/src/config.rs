@@ -69,8 +69,9 @@ pub struct VmmConfig {
     pub kvm_device: PathBuf,
     /// The instant the boot timer measures from: normally the start of the process.
     pub start_time: Instant,
-    /// Each vCPU thread and the event loop install their seccomp filter (`husk-seccomp`)
-    /// before they handle anything the guest does. Off only to debug.
+    /// Each vCPU thread and the event loop confine themselves (`husk-seccomp`: no
+    /// capabilities, an empty root for vCPU threads, a seccomp filter) before they handle
+    /// anything the guest does. Off only to debug.
     pub seccomp: bool,
 }
 

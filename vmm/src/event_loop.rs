@@ -75,7 +75,7 @@ impl EventLoop {
             .name("husk-event-loop".into())
             .spawn(move || {
                 if seccomp {
-                    if let Err(e) = husk_seccomp::install(husk_seccomp::ThreadKind::EventLoop) {
+                    if let Err(e) = husk_seccomp::confine(husk_seccomp::ThreadKind::EventLoop) {
                         exit.request(ExitReason::Seccomp(e.to_string()));
                         return;
                     }

@@ -291,7 +291,7 @@ impl Vmm {
                 .spawn(move || {
                     // Before the guest runs a single instruction on this thread.
                     if seccomp {
-                        if let Err(e) = husk_seccomp::install(husk_seccomp::ThreadKind::Vcpu) {
+                        if let Err(e) = husk_seccomp::confine(husk_seccomp::ThreadKind::Vcpu) {
                             exit.request(ExitReason::Seccomp(e.to_string()));
                             return;
                         }

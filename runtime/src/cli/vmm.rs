@@ -51,7 +51,8 @@ pub struct VmmArgs {
     /// console, drives, vsock); flags given as well override it
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The vCPU and event-loop threads' seccomp filters: on, or off only to debug
+    /// The vCPU and event-loop threads' confinement (seccomp filters, no capabilities,
+    /// an empty root for vCPU threads): on, or off only to debug
     #[arg(long, value_name = "on|off", value_parser = parse_on_off, default_value = "on", action = clap::ArgAction::Set)]
     seccomp: bool,
 }
