@@ -186,7 +186,7 @@ fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let ioctls: &[u64] = match kind {
         // TUNSETOFFLOAD: virtio-net sets the tap's offloads to what the driver accepted
         // when the driver starts or resets the device, which it does from a vCPU thread.
-        ThreadKind::Vcpu => &[KVM_RUN, libc::TUNSETOFFLOAD as u64],
+        ThreadKind::Vcpu => &[KVM_RUN, libc::TUNSETOFFLOAD],
         ThreadKind::EventLoop => &[libc::FIONBIO],
     };
     let ioctl_rules = ioctls
