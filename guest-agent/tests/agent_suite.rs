@@ -332,6 +332,58 @@ fn killing_the_agent_leaves_nothing_running() {
     );
 }
 
+/// Issue 8's fault test: the agent (or the VMM holding it) dies while a call is in
+/// flight. The waiting call fails with "disconnected" instead of hanging, later calls
+/// fail the same way, and nothing of the container is left.
+#[test]
+fn a_call_in_flight_when_the_agent_dies_fails_cleanly() {
+    let mut agent = TestAgent::start("kill9-wait");
+    let client = &agent.client;
+    client
+        .create_container(CreateContainer {
+            container_id: "waited".into(),
+            spec: json(&spec(&["sleep", "4322"])),
+            rootfs: agent.rootfs(),
+            stdio: StdioConfig::default(),
+        })
+        .expect("create");
+    client.start_container("waited").expect("start");
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // A second control connection, owned by the waiting thread.
+    let waiter = husk_runtime::agent::AgentClient::connect(agent.connector.clone())
+        .expect("a second connection");
+    std::thread::spawn(move || {
+        let _ = done_tx.send(waiter.wait("waited", None));
+    });
+    // Time for the wait to go out (one frame written); it stays pending while the
+    // agent answers other calls.
+    std::thread::sleep(Duration::from_millis(300));
+    client.ping().expect("ping while the wait is pending");
+    assert!(done_rx.try_recv().is_err(), "the wait returned early");
+    let client = husk_runtime::agent::AgentClient::connect(agent.connector.clone())
+        .expect("a third connection, for after");
+    agent.kill();
+    let result = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the pending wait returns once the agent is gone");
+    let error = result.expect_err("a wait on a dead agent cannot succeed");
+    assert!(matches!(error, ClientError::Disconnected), "{error}");
+    assert!(
+        matches!(client.ping(), Err(ClientError::Disconnected)),
+        "a call after the agent died"
+    );
+    if !agent.in_vm {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !processes_with("sleep 4322").is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            processes_with("sleep 4322").is_empty(),
+            "a container process outlived the agent"
+        );
+    }
+}
+
 /// A spec running `args` with `resources` (a spec's linux.resources, as JSON).
 fn limited(args: &[&str], resources: serde_json::Value) -> serde_json::Value {
     let mut value = json(&spec(args));
