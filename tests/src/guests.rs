@@ -53,6 +53,11 @@ const SOURCES: &[(&str, &str)] = &[
         "virtio_blk_spare.c",
         include_str!("../guests/virtio_blk_spare.c"),
     ),
+    ("virtio_net.c", include_str!("../guests/virtio_net.c")),
+    (
+        "virtio_blk_writer.c",
+        include_str!("../guests/virtio_blk_writer.c"),
+    ),
 ];
 
 /// Flags for every guest: freestanding, no SSE (general registers only), no PIC, no
@@ -121,10 +126,19 @@ pub enum Guest {
     /// configuration-change interrupt, GET_ID, a read and a refused write;
     /// `virtio-blk-spare: ...` lines, then `virtio-blk-spare: PASS`.
     VirtioBlkSpare,
+    /// Drives the first virtio-net device as a tiny IPv4 host (`test.ip=`,
+    /// `test.gateway=` on the command line): an ARP request for the gateway, echo requests
+    /// to it with their replies checked, ARP requests for its own address answered;
+    /// `virtio-net: ...` lines, then `virtio-net: PASS`.
+    VirtioNet,
+    /// Writes 4 KiB blocks whose content encodes their number (`test.seed=` varies it)
+    /// to the first virtio-blk drive in batches, each followed by a FLUSH, and prints
+    /// `flushed <n>` once the FLUSH completed; `writer: disk full blocks=<n>` at the end.
+    VirtioBlkWriter,
 }
 
 impl Guest {
-    pub const ALL: [Guest; 10] = [
+    pub const ALL: [Guest; 12] = [
         Guest::Hello,
         Guest::Bootinfo,
         Guest::Bootinfo64,
@@ -135,6 +149,8 @@ impl Guest {
         Guest::VirtioBlk,
         Guest::VirtioVsock,
         Guest::VirtioBlkSpare,
+        Guest::VirtioNet,
+        Guest::VirtioBlkWriter,
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +165,8 @@ impl Guest {
             Guest::VirtioBlk => "virtio_blk",
             Guest::VirtioVsock => "virtio_vsock",
             Guest::VirtioBlkSpare => "virtio_blk_spare",
+            Guest::VirtioNet => "virtio_net",
+            Guest::VirtioBlkWriter => "virtio_blk_writer",
         }
     }
 
@@ -182,6 +200,8 @@ impl Guest {
             Guest::VirtioBlk => &["common/lib.c", "common/virtio.c", "virtio_blk.c"],
             Guest::VirtioVsock => &["common/lib.c", "common/virtio.c", "virtio_vsock.c"],
             Guest::VirtioBlkSpare => &["common/lib.c", "common/virtio.c", "virtio_blk_spare.c"],
+            Guest::VirtioNet => &["common/lib.c", "common/virtio.c", "virtio_net.c"],
+            Guest::VirtioBlkWriter => &["common/lib.c", "common/virtio.c", "virtio_blk_writer.c"],
         }
     }
 
