@@ -27,6 +27,7 @@ fi
 options() {
     case $1 in
         blk_request) echo "-max_len=2048" ;;
+        virtio_net) echo "-max_len=1024" ;;
         oci_spec) echo "-max_len=16384" ;;
         protocol_decode) echo "-max_len=8192" ;;
         *) echo "" ;;

@@ -14,6 +14,7 @@ pub mod block;
 pub mod chain;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 #[cfg(any(test, feature = "test-utils"))]
