@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{AgentClient, ClientError};
 use crate::hypervisor::{remove_socket_dir_of, AgentAddress, Kind};
 use crate::sandbox::{Attachment, PreparedSandbox, Sandbox, SandboxError, SandboxOptions};
+use crate::spec;
 use crate::state::{ContainerState, ProcessRef, StateError, StateRoot, Status};
 use crate::stdio::{HostStdio, Relay, Streams};
 use crate::storage::{self, RootfsSource, StorageError};
@@ -134,6 +135,7 @@ pub fn create(
         memory_mib: launch.memory_mib,
         vcpus: launch.vcpus,
         hostname: launch.hostname.clone(),
+        netns: spec::network_namespace_path(&launch.spec),
     };
     let mut prepared = PreparedSandbox::new(&options)?;
     let rootfs = prepare_rootfs(launch, &prepared.capabilities(), &drive_serial(0))?;
@@ -224,9 +226,13 @@ fn create_in(
 ) -> Result<Member, ContainerError> {
     let agent = sandbox.agent();
     let streams = Streams::open(agent, &launch.id, None, launch.stdio)?;
+    let spec = match sandbox.capabilities().isolated_by_vm {
+        true => spec::for_vm(&launch.spec),
+        false => launch.spec.clone(),
+    };
     let pid = agent.create_container(CreateContainer {
         container_id: launch.id.clone(),
-        spec: launch.spec.clone(),
+        spec,
         rootfs,
         stdio: launch.stdio,
     })?;

@@ -8,6 +8,7 @@ pub mod container;
 pub mod guest;
 pub mod hypervisor;
 mod logger;
+pub mod network;
 pub mod sandbox;
 pub mod shim;
 pub mod spec;

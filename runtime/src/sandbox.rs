@@ -7,13 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use husk_protocol::SandboxConfig;
+use husk_protocol::{Interface, Route, SandboxConfig};
 use husk_vmm::DriveConfig;
 
 use crate::agent::{AgentClient, ClientError};
 use crate::hypervisor::builtin::{BuiltinBackend, BuiltinConfig};
 use crate::hypervisor::host::{HostBackend, HostConfig};
 use crate::hypervisor::{AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
+use crate::network::{self, NetworkError, PodNetwork};
 
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum SandboxError {
@@ -25,6 +26,8 @@ pub enum SandboxError {
     NoVm(String),
     /// a drive without an id cannot be found in the guest
     DriveWithoutId,
+    /// the pod's network: {0}
+    Network(#[from] NetworkError),
 }
 
 /// What a sandbox is made of.
@@ -38,6 +41,9 @@ pub struct SandboxOptions {
     pub memory_mib: u64,
     pub vcpus: u8,
     pub hostname: Option<String>,
+    /// The pod's network namespace (CNI's), when the spec names one by path. A VM gets
+    /// its interfaces from there (`network`); other backends' containers join it.
+    pub netns: Option<PathBuf>,
 }
 
 /// Something given to a running sandbox for one container, by its id.
@@ -52,6 +58,9 @@ pub struct Sandbox {
     agent: Arc<AgentClient>,
     /// How many drives were ever added (their serials stay unique).
     drives_added: usize,
+    /// The pod's interfaces wired to the VM's, unwired when this goes (after the backend
+    /// stopped: fields drop in order).
+    _network: Option<PodNetwork>,
 }
 
 /// A backend chosen and set up, not yet started.
@@ -59,6 +68,10 @@ pub struct PreparedSandbox {
     hypervisor: Box<dyn Hypervisor>,
     hostname: Option<String>,
     drives_added: usize,
+    /// The interfaces and routes the agent sets up, and what to unwire at the end.
+    interfaces: Vec<Interface>,
+    routes: Vec<Route>,
+    network: Option<PodNetwork>,
 }
 
 impl PreparedSandbox {
@@ -95,11 +108,35 @@ impl PreparedSandbox {
                 }))
             }
         };
-        Ok(PreparedSandbox {
+        let mut prepared = PreparedSandbox {
             hypervisor,
             hostname: options.hostname.clone(),
             drives_added: 0,
-        })
+            interfaces: Vec::new(),
+            routes: Vec::new(),
+            network: None,
+        };
+        // A VM's interfaces come from the pod's namespace; other backends' containers
+        // join that namespace themselves (the spec names it).
+        if let Some(netns) = &options.netns {
+            if prepared.capabilities().isolated_by_vm {
+                prepared.attach_network(netns)?;
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Wires the pod's interfaces to taps and gives the VM a device on each.
+    fn attach_network(&mut self, netns: &Path) -> Result<(), SandboxError> {
+        let attached = network::attach(netns)?;
+        // Kept first: dropping it unwires, should a device not be taken.
+        self.network = Some(attached.network);
+        for net in attached.nets {
+            self.hypervisor.add_network_interface(net)?;
+        }
+        self.interfaces = attached.interfaces;
+        self.routes = attached.routes;
+        Ok(())
     }
 
     pub fn capabilities(&self) -> Capabilities {
@@ -117,6 +154,9 @@ impl PreparedSandbox {
             mut hypervisor,
             hostname,
             drives_added,
+            interfaces,
+            routes,
+            network,
         } = self;
         hypervisor.start()?;
         let agent = AgentClient::connect(hypervisor.agent_connector()?)?;
@@ -127,12 +167,15 @@ impl PreparedSandbox {
                 .ok()
                 .and_then(|d| u64::try_from(d.as_nanos()).ok()),
             entropy: entropy(),
+            interfaces,
+            routes,
             ..SandboxConfig::default()
         })?;
         Ok(Sandbox {
             hypervisor,
             agent: Arc::new(agent),
             drives_added,
+            _network: network,
         })
     }
 }

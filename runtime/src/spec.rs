@@ -186,6 +186,39 @@ pub fn parse_user(user: &str) -> Result<User, SpecError> {
     Ok(parsed)
 }
 
+/// The path of the network namespace the spec (as JSON) joins, if it names one: CNI's
+/// namespace of a pod, `/var/run/netns/cni-…`.
+pub fn network_namespace_path(spec: &serde_json::Value) -> Option<PathBuf> {
+    network_namespaces(spec)
+        .find_map(|namespace| namespace.get("path")?.as_str())
+        .map(PathBuf::from)
+}
+
+/// The spec for a container in a VM, whose network is the pod's: it stays in the VM's
+/// network namespace rather than joining a host path, which the guest has not got.
+pub fn for_vm(spec: &serde_json::Value) -> serde_json::Value {
+    let mut spec = spec.clone();
+    if let Some(namespaces) = spec
+        .pointer_mut("/linux/namespaces")
+        .and_then(|n| n.as_array_mut())
+    {
+        namespaces.retain(|namespace| !(is_network(namespace) && namespace.get("path").is_some()));
+    }
+    spec
+}
+
+fn network_namespaces(spec: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    spec.pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|namespace| is_network(namespace))
+}
+
+fn is_network(namespace: &serde_json::Value) -> bool {
+    namespace.get("type").and_then(|t| t.as_str()) == Some("network")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +273,31 @@ mod tests {
         ));
         assert!(parse_user("root").is_err());
         assert!(parse_user("1:x").is_err());
+    }
+
+    #[test]
+    fn a_vm_keeps_its_own_network_namespace() {
+        let spec = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": { "namespaces": [
+                { "type": "pid" },
+                { "type": "network", "path": "/var/run/netns/cni-1" },
+            ]}
+        });
+        assert_eq!(
+            network_namespace_path(&spec),
+            Some(PathBuf::from("/var/run/netns/cni-1"))
+        );
+        let in_vm = for_vm(&spec);
+        assert_eq!(
+            in_vm["linux"]["namespaces"],
+            serde_json::json!([{ "type": "pid" }])
+        );
+        assert_eq!(network_namespace_path(&in_vm), None);
+        // A new network namespace (no path) is the container's own, in the VM too.
+        let own = serde_json::json!({ "linux": { "namespaces": [{ "type": "network" }] } });
+        assert_eq!(network_namespace_path(&own), None);
+        assert_eq!(for_vm(&own), own);
+        assert_eq!(network_namespace_path(&serde_json::json!({})), None);
     }
 }

@@ -145,6 +145,7 @@ fn one_sandbox(dir: &std::path::Path, rootfs: &std::path::Path, n: usize) {
         memory_mib: 64,
         vcpus: 1,
         hostname: Some(format!("loop-{n}")),
+        netns: None,
     };
     let sandbox = PreparedSandbox::new(&options)
         .and_then(PreparedSandbox::start)

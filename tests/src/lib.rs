@@ -13,6 +13,7 @@ pub mod cri;
 pub mod elf;
 pub mod guests;
 pub mod husk;
+pub mod netns;
 pub mod process;
 pub mod rootfs;
 

@@ -173,6 +173,7 @@ fn main() -> ExitCode {
         console: ConsoleConfig::File(args.console.clone()),
         drives: Vec::new(),
         vsock: None,
+        nets: Vec::new(),
         kvm_device: PathBuf::from("/dev/kvm"),
         start_time: Instant::now(),
         seccomp: true,

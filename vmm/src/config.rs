@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use husk_devices::virtio::net::Tap;
+
 /// Guest RAM.
 #[derive(Clone, Debug)]
 pub struct MemoryConfig {
@@ -45,6 +47,15 @@ pub struct DriveConfig {
     pub id: Option<String>,
 }
 
+/// A virtio-net interface on a tap the caller opened (in the network namespace the
+/// interface belongs to: opening is where the namespace is chosen).
+#[derive(Debug)]
+pub struct NetConfig {
+    pub tap: Tap,
+    /// The guest's MAC for the interface.
+    pub mac: [u8; 6],
+}
+
 /// The virtio-vsock device and its hybrid host side.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VsockConfig {
@@ -55,8 +66,8 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
-/// A whole VM.
-#[derive(Clone, Debug)]
+/// A whole VM. Not `Clone`: it owns the taps of its network interfaces.
+#[derive(Debug)]
 pub struct VmmConfig {
     pub memory: MemoryConfig,
     pub vcpus: VcpuConfig,
@@ -65,6 +76,8 @@ pub struct VmmConfig {
     /// Drives, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     pub drives: Vec<DriveConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Network interfaces, in the order the guest finds them.
+    pub nets: Vec<NetConfig>,
     /// The KVM device; `/dev/kvm` unless a test or an unusual host says otherwise.
     pub kvm_device: PathBuf,
     /// The instant the boot timer measures from: normally the start of the process.

@@ -40,6 +40,8 @@ use husk_devices::legacy::{
     I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use husk_devices::virtio::block::{Block, BlockConfig};
+use husk_devices::virtio::net::Net;
+pub use husk_devices::virtio::net::{Tap, TapError};
 use husk_devices::virtio::vsock::Vsock;
 pub use husk_devices::virtio::vsock::VsockConnector;
 use husk_devices::{Bus, BusError};
@@ -50,8 +52,8 @@ use vmm_sys_util::eventfd::EventFd;
 pub use arch::x86_64::mptable::MAX_CPUS;
 pub use boot::BootError;
 pub use config::{
-    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, VcpuConfig, VmmConfig, VsockConfig,
-    DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, NetConfig, VcpuConfig, VmmConfig,
+    VsockConfig, DEFAULT_CMDLINE,
 };
 pub use device_manager::DeviceError;
 pub use drives::{DriveError, DriveHandle};
@@ -100,6 +102,8 @@ pub enum Error {
     Drive(String, husk_devices::virtio::block::BlockError),
     /// vsock: {0}
     Vsock(husk_devices::virtio::vsock::VsockError),
+    /// Network interface on tap {0}: {1}
+    Net(String, husk_devices::virtio::net::NetError),
     /// {0}
     EventLoop(#[from] event_loop::EventLoopError),
     /// Cannot start a vCPU thread: {0}
@@ -153,7 +157,7 @@ impl Vmm {
     /// (each one virtio-mmio window and one interrupt line; at most 19 devices in all),
     /// which [`Vmm::drive_handle`] fills and empties while the VM runs. A Linux guest sees
     /// them as empty disks (`/dev/vdX` of size 0) after the drives of `config`.
-    pub fn with_spare_drives(config: VmmConfig, spare_drives: u8) -> Result<Self, Error> {
+    pub fn with_spare_drives(mut config: VmmConfig, spare_drives: u8) -> Result<Self, Error> {
         let mem_mib = config.memory.size_mib;
         if mem_mib < MIN_MEMORY_MIB {
             return Err(Error::MemoryTooSmall(mem_mib));
@@ -198,6 +202,15 @@ impl Vmm {
             let device =
                 Vsock::new(vsock.guest_cid, vsock.uds_path.clone()).map_err(Error::Vsock)?;
             vsock_connector = Some(device.connector());
+            devices.add_virtio(&vm, &guest_memory, Arc::new(Mutex::new(device)))?;
+        }
+        for net in config.nets.drain(..) {
+            let name = net.tap.name().to_owned();
+            let device = Net::new(husk_devices::virtio::net::NetConfig {
+                tap: net.tap,
+                mac: net.mac,
+            })
+            .map_err(|e| Error::Net(name, e))?;
             devices.add_virtio(&vm, &guest_memory, Arc::new(Mutex::new(device)))?;
         }
         // Spare slots last, so that the devices of `config` keep their places (and the

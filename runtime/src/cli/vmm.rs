@@ -6,9 +6,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use clap::Args;
+use husk_protocol::MacAddress;
 use husk_vmm::{
-    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, StopHandle, VcpuConfig, Vmm, VmmConfig,
-    VsockConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, KernelConfig, MemoryConfig, NetConfig, StopHandle, Tap, VcpuConfig,
+    Vmm, VmmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 use serde::Deserialize;
 
@@ -47,8 +48,13 @@ pub struct VmmArgs {
     /// send "CONNECT <port>"; guest connections to the host's port P go to PATH_P
     #[arg(long, value_name = "SPEC", value_parser = parse_vsock)]
     vsock: Option<VsockConfig>,
+    /// A virtio-net interface on the tap NAME (opened, or created, in husk's network
+    /// namespace): tap=NAME[,mac=MAC] (repeatable; the guest finds them in this order;
+    /// without mac=, a random locally administered one)
+    #[arg(long = "net", value_name = "SPEC", value_parser = parse_net)]
+    nets: Vec<NetSpec>,
     /// Read these settings from a JSON file (keys: kernel, initrd, cmdline, mem_mib, vcpus,
-    /// console, drives, vsock); flags given as well override it
+    /// console, drives, vsock, nets); flags given as well override it
     #[arg(long)]
     config: Option<PathBuf>,
     /// The vCPU and event-loop threads' confinement (seccomp filters, no capabilities,
@@ -77,6 +83,15 @@ struct VmmFile {
     console: Option<String>,
     drives: Option<Vec<DriveFile>>,
     vsock: Option<VsockFile>,
+    nets: Option<Vec<NetSpec>>,
+}
+
+/// A network interface as asked for: the tap is opened only when the VM is built.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct NetSpec {
+    tap: String,
+    mac: Option<MacAddress>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -102,6 +117,37 @@ fn key_values<'a>(what: &str, spec: &'a str) -> Result<Vec<(&'a str, &'a str)>, 
             item.split_once('=')
                 .filter(|(key, _)| !key.is_empty())
                 .ok_or_else(|| format!("{what} '{spec}': '{item}' is not key=value"))
+        })
+        .collect()
+}
+
+fn parse_net(spec: &str) -> Result<NetSpec, String> {
+    let mut tap = None;
+    let mut mac = None;
+    for (key, value) in key_values("net", spec)? {
+        match key {
+            "tap" if !value.is_empty() => tap = Some(value.to_owned()),
+            "mac" => mac = Some(value.parse().map_err(|e| format!("net '{spec}': {e}"))?),
+            _ => {
+                return Err(format!(
+                    "net '{spec}': unknown or empty key '{key}' (use tap=NAME[,mac=MAC])"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or_else(|| format!("net '{spec}': tap=NAME is missing"))?;
+    Ok(NetSpec { tap, mac })
+}
+
+/// Opens the taps; an interface without a MAC gets a random one with the locally
+/// administered bit set and the multicast bit clear.
+fn open_nets(specs: Vec<NetSpec>) -> Result<Vec<NetConfig>, String> {
+    specs
+        .into_iter()
+        .map(|spec| {
+            let tap = Tap::open(&spec.tap).map_err(|e| format!("net tap={}: {e}", spec.tap))?;
+            let mac = spec.mac.unwrap_or_else(crate::network::random_mac).0;
+            Ok(NetConfig { tap, mac })
         })
         .collect()
 }
@@ -231,6 +277,11 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
         }),
         (None, None) => None,
     };
+    let nets = if args.nets.is_empty() {
+        file.nets.unwrap_or_default()
+    } else {
+        args.nets
+    };
     let mem_mib = args.mem_mib.or(file.mem_mib).unwrap_or(DEFAULT_MEM_MIB);
     let vcpus = args.vcpus.or(file.vcpus).unwrap_or(DEFAULT_VCPUS);
     let vcpus = u8::try_from(vcpus).map_err(|_| {
@@ -253,6 +304,7 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
         console,
         drives,
         vsock,
+        nets: open_nets(nets)?,
         kvm_device: guest::kvm_device(),
         start_time: start,
         seccomp: args.seccomp,
@@ -334,6 +386,27 @@ mod tests {
             "path=/img,id=",
         ] {
             assert!(parse_drive(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn net_specs() {
+        assert_eq!(
+            parse_net("tap=tap0,mac=02:00:00:00:00:01"),
+            Ok(NetSpec {
+                tap: "tap0".into(),
+                mac: Some(MacAddress([2, 0, 0, 0, 0, 1]))
+            })
+        );
+        assert_eq!(parse_net("tap=t").map(|n| n.mac), Ok(None));
+        for bad in [
+            "",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=t,mac=02:00",
+            "tap=t,x=1",
+        ] {
+            assert!(parse_net(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -19,8 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use husk_vmm::{
-    ConsoleConfig, DriveConfig, DriveHandle, KernelConfig, MemoryConfig, StopHandle, VcpuConfig,
-    Vmm, VmmConfig, VsockConfig, DEFAULT_CMDLINE,
+    ConsoleConfig, DriveConfig, DriveHandle, KernelConfig, MemoryConfig, NetConfig, StopHandle,
+    VcpuConfig, Vmm, VmmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 
 use super::{connect_agent, AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
@@ -58,6 +58,8 @@ pub struct BuiltinBackend {
     config: BuiltinConfig,
     spare_drives: u8,
     drives: Vec<DriveConfig>,
+    /// The VM's network interfaces, until it is built.
+    nets: Vec<NetConfig>,
     running: Option<Running>,
 }
 
@@ -68,6 +70,7 @@ impl BuiltinBackend {
             config,
             spare_drives: DEFAULT_SPARE_DRIVES,
             drives: Vec::new(),
+            nets: Vec::new(),
             running: None,
         }
     }
@@ -87,7 +90,7 @@ impl BuiltinBackend {
         self.config.dir.join("console.log")
     }
 
-    fn vmm_config(&self) -> VmmConfig {
+    fn vmm_config(&mut self) -> VmmConfig {
         VmmConfig {
             memory: MemoryConfig {
                 size_mib: self.config.memory_mib,
@@ -106,6 +109,7 @@ impl BuiltinBackend {
                 guest_cid: GUEST_CID,
                 uds_path: self.uds(),
             }),
+            nets: std::mem::take(&mut self.nets),
             kvm_device: self.config.kvm_device.clone(),
             start_time: Instant::now(),
             seccomp: true,
@@ -220,6 +224,17 @@ impl Hypervisor for BuiltinBackend {
                 Ok(())
             }
         }
+    }
+
+    fn add_network_interface(&mut self, net: NetConfig) -> Result<(), HypervisorError> {
+        if self.running.is_some() {
+            // virtio-mmio has no hotplug, and a pod's network is set before it starts.
+            return Err(HypervisorError::Unsupported(
+                "network interfaces are added before the VM starts".into(),
+            ));
+        }
+        self.nets.push(net);
+        Ok(())
     }
 
     fn agent_address(&self) -> Result<AgentAddress, HypervisorError> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use husk_protocol::{Connector, HybridVsockConnector, UnixConnector, AGENT_VSOCK_PORT};
-use husk_vmm::DriveConfig;
+use husk_vmm::{DriveConfig, NetConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentClient, ClientError};
@@ -151,6 +151,16 @@ pub trait Hypervisor: Send {
     fn unshare_directory(&mut self, id: &str) -> Result<(), HypervisorError> {
         Err(HypervisorError::Unsupported(format!(
             "the {} backend shares no directory '{id}'",
+            self.kind()
+        )))
+    }
+    /// Gives the sandbox a network interface on `net`'s tap, before it starts. Only a VM
+    /// has interfaces of its own: other backends' containers join the pod's network
+    /// namespace as it is.
+    fn add_network_interface(&mut self, net: NetConfig) -> Result<(), HypervisorError> {
+        drop(net);
+        Err(HypervisorError::Unsupported(format!(
+            "the {} backend has no network interfaces of its own",
             self.kind()
         )))
     }

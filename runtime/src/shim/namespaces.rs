@@ -6,14 +6,14 @@
 //! as the agent sees them, are those of the sandbox container's first process:
 //! `/proc/<its pid in the sandbox>/ns/<type>`.
 //!
-//! In a VM, a network namespace given by path (CNI's, on the host) stands for the pod's
-//! network, which is the VM's own: the container stays in the agent's network namespace.
+//! Other paths (CNI's network namespace) are left as they are: `container` decides what
+//! they mean for the sandbox.
 
-use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespace, Spec};
 
 /// Rewrites the spec's namespace paths for a container of a pod whose sandbox container's
 /// process has `sandbox_pid` in the sandbox (`None`: this is the sandbox container).
-pub fn for_sandbox(spec: &mut Spec, sandbox_pid: Option<i32>, in_vm: bool) -> Result<(), String> {
+pub fn for_sandbox(spec: &mut Spec, sandbox_pid: Option<i32>) -> Result<(), String> {
     let Some(namespaces) = spec
         .linux_mut()
         .as_mut()
@@ -38,8 +38,6 @@ pub fn for_sandbox(spec: &mut Spec, sandbox_pid: Option<i32>, in_vm: bool) -> Re
             let mut joined: LinuxNamespace = namespace.clone();
             joined.set_path(Some(format!("/proc/{pid}/ns/{kind}").into()));
             kept.push(joined);
-        } else if in_vm && namespace.typ() == LinuxNamespaceType::Network {
-            // The VM's network is the pod's.
         } else {
             kept.push(namespace);
         }
@@ -81,33 +79,22 @@ mod tests {
             { "type": "network", "path": "/var/run/netns/cni-1" },
             { "type": "mount" },
         ]));
-        for_sandbox(&mut s, Some(7), true).unwrap();
+        for_sandbox(&mut s, Some(7)).unwrap();
         assert_eq!(
             namespaces(&s),
             serde_json::json!([
                 { "type": "ipc", "path": "/proc/7/ns/ipc" },
                 { "type": "uts", "path": "/proc/7/ns/uts" },
+                { "type": "network", "path": "/var/run/netns/cni-1" },
                 { "type": "mount" },
             ])
         );
     }
 
     #[test]
-    fn the_host_backend_keeps_cnis_network_namespace() {
-        let mut s = spec(serde_json::json!([
-            { "type": "network", "path": "/var/run/netns/cni-1" },
-        ]));
-        for_sandbox(&mut s, None, false).unwrap();
-        assert_eq!(
-            namespaces(&s),
-            serde_json::json!([{ "type": "network", "path": "/var/run/netns/cni-1" }])
-        );
-    }
-
-    #[test]
     fn joining_without_a_running_pod_is_an_error() {
         let mut s = spec(serde_json::json!([{ "type": "ipc", "path": "/proc/1/ns/ipc" }]));
-        let e = for_sandbox(&mut s, None, true).unwrap_err();
+        let e = for_sandbox(&mut s, None).unwrap_err();
         assert!(e.contains("/proc/1/ns/ipc"), "{e}");
     }
 

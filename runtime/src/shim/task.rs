@@ -25,7 +25,6 @@ use super::namespaces;
 use crate::agent::AgentClient;
 use crate::cli::{Context, SandboxFlags};
 use crate::container::{self, Launch, Member};
-use crate::hypervisor::Kind;
 use crate::sandbox::{Attachment, Sandbox};
 use crate::spec;
 use crate::state::{StateRoot, Status as OciStatus};
@@ -105,8 +104,6 @@ struct Pod {
     /// The sandbox container's first process, as the sandbox sees it: the pod's
     /// namespaces are its.
     sandbox_pid: i32,
-    /// The sandbox is a VM.
-    in_vm: bool,
     agent: Arc<AgentClient>,
     /// `None` once stopped.
     sandbox: Mutex<Option<Sandbox>>,
@@ -362,12 +359,11 @@ impl TaskService {
             .into_iter()
             .collect();
         let pod_id = super::pod_id(&annotations, &req.id);
-        let (sandbox_pid, in_vm) = match self.pod.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-        {
-            Some(pod) if pod.id == pod_id => (Some(pod.sandbox_pid), pod.in_vm),
-            _ => (None, context.hypervisor(None)? == Kind::Builtin),
+        let sandbox_pid = match self.pod.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(pod) if pod.id == pod_id => Some(pod.sandbox_pid),
+            _ => None,
         };
-        namespaces::for_sandbox(&mut spec, sandbox_pid, in_vm)?;
+        namespaces::for_sandbox(&mut spec, sandbox_pid)?;
         let fifos = Fifos {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -468,7 +464,6 @@ impl TaskService {
                 let pod = Arc::new(Pod {
                     id: pod_id,
                     sandbox_pid: member.pid(),
-                    in_vm: sandbox.capabilities().isolated_by_vm,
                     agent: sandbox.agent().clone(),
                     sandbox: Mutex::new(Some(sandbox)),
                 });
