@@ -28,7 +28,7 @@ cargo test --workspace
 step "layer 5: Linux guest boots (tests/lab/run.sh linux-boot)"
 tests/lab/run.sh linux-boot
 
-step "layer 5: virtio-blk and virtio-vsock under Linux (tests/lab/run.sh virtio)"
+step "layer 5: virtio-blk, virtio-vsock and virtio-net under Linux (tests/lab/run.sh virtio)"
 tests/lab/run.sh virtio
 
 step "layer 5: the agent suite with the agent as PID 1 of husk VMs (tests/lab/run.sh agent)"

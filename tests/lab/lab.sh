@@ -80,9 +80,11 @@ fi
 
 # The lab kernel: Debian's cloud kernel (the package linux-image-cloud-amd64 depends on)
 # and its modules, downloaded once into $CACHE/kernel: irqbypass, kvm, kvm-amd for the
-# VMMs under test, and overlay for containerd's overlayfs snapshotter (the containerd
-# scenario). A cache from before a module was added here is downloaded again.
-MODULES="irqbypass kvm kvm-amd overlay"
+# VMMs under test, overlay for containerd's overlayfs snapshotter (the containerd
+# scenario) and tun for virtio-net's taps (the virtio scenario's net test, bench-net);
+# veth, sch_ingress, cls_u32 and act_mirred for a pod network wired the tcfilter way (the
+# containerd scenario). A cache from before a module was added here is downloaded again.
+MODULES="irqbypass kvm kvm-amd overlay tun veth sch_ingress cls_u32 act_mirred"
 lab_kernel_complete() {
     [ -f "$1/complete" ] || return 1
     local mod
@@ -230,6 +232,11 @@ done
 [ -c /dev/kvm ] || { echo "lab: FAIL: no /dev/kvm after loading kvm-amd"; finish 125; }
 # overlayfs, for containerd's snapshotter; a scenario that needs it fails without it.
 insmod /lab/modules/overlay.ko || echo "lab: warning: insmod overlay.ko failed"
+# tun, for the taps of virtio-net; veth and the tc pieces of a pod network. A scenario
+# that needs one fails without it.
+for m in tun veth sch_ingress cls_u32 act_mirred; do
+    insmod /lab/modules/$m.ko || echo "lab: warning: insmod $m.ko failed"
+done
 echo "lab: kernel $(uname -r) with kvm-amd up after $(cut -d' ' -f1 /proc/uptime) s"
 . /lab/env
 cd /tmp

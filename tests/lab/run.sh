@@ -32,17 +32,26 @@
 #                                      husk-v2) with the builtin backend under a private
 #                                      containerd driven by ctr (ctr run --rm, a detached
 #                                      task with exec/ps/kill/delete, a pod of two
-#                                      containers in one shim), then RUNS (default 3) ctr
+#                                      containers in one shim, a VM on a pod network
+#                                      namespace wired by tc), then RUNS (default 3) ctr
 #                                      run --rm with husk vs runc as FIGURE: lines
-#   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk and virtio-vsock drivers
-#                                      against husk's devices, with the device-test guest
-#                                      (tests/lab/guest); TESTs: blk fsync vsock hotplug
-#                                      (default: all, each one guest boot; hotplug: drives
-#                                      put into and taken out of spare slots of the running
-#                                      VM); prints FIGURE: lines with the vsock transfer rates
+#   tests/lab/run.sh virtio [TEST]...  the test: Linux's virtio-blk, virtio-vsock and
+#                                      virtio-net drivers against husk's devices, with the
+#                                      device-test guest (tests/lab/guest); TESTs: blk fsync
+#                                      vsock hotplug net (default: all, each one guest boot;
+#                                      hotplug: drives put into and taken out of spare slots
+#                                      of the running VM; net: two interfaces on taps in a
+#                                      network namespace of the lab, TCP both ways, MTU 9000,
+#                                      a UDP flood that must not starve blk and vsock);
+#                                      prints FIGURE: lines with the vsock and net rates
+#   tests/lab/run.sh bench-net [RUNS]  the benchmark (not a test, not in CI): TCP guest ->
+#                                      lab host and lab host -> guest through husk's
+#                                      virtio-net and QEMU microvm's (tap, vhost=off), the
+#                                      same guest, RUNS times each (default 3), interleaved;
+#                                      median MB/s each way and the ratio husk/QEMU
 #
-# Exit status: 0 when every check passed (for bench-boot and bench-blk: every run was
-# valid), else
+# Exit status: 0 when every check passed (for bench-boot, bench-blk and bench-net: every
+# run was valid), else
 # non-zero; 125 when the lab itself failed (timeout, no status).
 #
 # Environment:
@@ -59,6 +68,9 @@
 #                      268435456) and the number of concurrent connections (default 64)
 #   HUSK_FIO_RUNTIME, HUSK_FIO_ENGINE    bench-blk: seconds per fio workload (default 5) and
 #                      fio's I/O engine in the guest (default libaio; io_uring, psync)
+#   HUSK_NET_BYTES     virtio net: the size of each big TCP transfer (default 1073741824);
+#                      bench-net: of each measured transfer (default 268435456)
+#   HUSK_NET_TIMEOUT   virtio net: seconds the guest's part may take (default 600)
 #   and lab.sh's HUSK_LAB_TIMEOUT, HUSK_LAB_MEM_MIB, HUSK_LAB_SMP, HUSK_LAB_KEEP.
 set -euo pipefail
 
@@ -107,12 +119,16 @@ case "$GROUP" in
     linux-boot | selftest | agent) [ $# -eq 0 ] || usage ;;
     virtio)
         for t in "$@"; do
-            case "$t" in blk | fsync | vsock | hotplug) ;; *) usage ;; esac
+            case "$t" in blk | fsync | vsock | hotplug | net) ;; *) usage ;; esac
         done
         ;;
-    bench-boot | bench-blk | runtime | containerd)
+    bench-boot | bench-blk | bench-net | runtime | containerd)
         RUNS=${1:-3}
         if [ $# -gt 1 ] || ! [[ "$RUNS" =~ ^[1-9][0-9]*$ ]]; then usage; fi
+        if [ "$GROUP" = bench-net ]; then
+            [[ "${HUSK_NET_BYTES:-268435456}" =~ ^[1-9][0-9]*$ ]] ||
+                die "HUSK_NET_BYTES must be a number of bytes"
+        fi
         if [ "$GROUP" = bench-blk ]; then
             [[ "${HUSK_FIO_RUNTIME:-5}" =~ ^[1-9][0-9]*$ ]] ||
                 die "HUSK_FIO_RUNTIME must be a number of seconds"
@@ -215,6 +231,25 @@ case "$GROUP" in
             "RUNS=$RUNS" "FIO_RUNTIME=${HUSK_FIO_RUNTIME:-5}"
             "FIO_ENGINE=${HUSK_FIO_ENGINE:-libaio}")
         ;;
+    bench-net)
+        scenario=$HERE/scenarios/bench-net.sh
+        [ -f "$GUEST_KERNEL" ] ||
+            die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh"
+        apt_install qemu-system-x86 busybox-static cpio gcc libc6-dev iproute2
+        "$HERE/guest/build.sh" "$WORK/guest" >/dev/null ||
+            die "tests/lab/guest/build.sh failed"
+        husk=$(husk_binary)
+        qemu_files
+        # microvm with acpi=off (the guest kernel has no ACPI) loads qboot.rom instead.
+        FILES+=("$(dirname "${FILES[-1]}")/qboot.rom")
+        iproute2=$(realpath "$(PATH=$PATH:/usr/sbin:/sbin command -v ip)") ||
+            die "ip is not installed (iproute2)"
+        FILES+=("$husk" "$GUEST_KERNEL" "$WORK/guest/devtest.cpio" "$WORK/guest/labtool"
+            "$iproute2")
+        ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
+            "DEVTEST_INITRD=$WORK/guest/devtest.cpio" "LABTOOL=$WORK/guest/labtool"
+            "IPROUTE2=$iproute2" "RUNS=$RUNS" "NET_BYTES=${HUSK_NET_BYTES:-268435456}")
+        ;;
     selftest)
         scenario=$HERE/scenarios/selftest.sh
         [ -f "$GUEST_KERNEL" ] ||
@@ -285,14 +320,15 @@ INIT
     containerd)
         scenario=$HERE/scenarios/containerd.sh
         need_guest
-        apt_install e2fsprogs busybox-static containerd runc
+        apt_install e2fsprogs busybox-static containerd runc iproute2
         mkfs=$(PATH=$PATH:/usr/sbin:/sbin command -v mkfs.ext4) ||
             die "mkfs.ext4 is not installed (e2fsprogs)"
         tools=()
-        for tool in containerd ctr runc containerd-shim-runc-v2; do
+        for tool in containerd ctr runc containerd-shim-runc-v2 ip tc; do
             path=$(PATH=$PATH:/usr/sbin:/sbin command -v "$tool") ||
-                die "$tool is not installed (containerd, runc)"
-            tools+=("$path")
+                die "$tool is not installed (containerd, runc, iproute2)"
+            # The file itself: /usr/sbin/ip is a link to /bin/ip.
+            tools+=("$(realpath "$path")")
         done
         HUSK_CACHE_DIR=$CACHE_DIR "$REPO/resources/build-busybox-image.sh" >&2 ||
             die "resources/build-busybox-image.sh failed"
@@ -305,13 +341,14 @@ INIT
         ENVS+=("HUSK=$husk" "HUSK_SHIM=$shim" "GUEST_KERNEL=$GUEST_KERNEL"
             "GUEST_INITRD=$GUEST_INITRD" "MKFS_EXT4=$mkfs"
             "BUSYBOX_IMAGE=$CACHE_DIR/images/busybox.tar" "CONTAINERD=${tools[0]}"
-            "CTR=${tools[1]}" "RUNC=${tools[2]}" "RUNC_SHIM=${tools[3]}" "RUNS=$RUNS")
+            "CTR=${tools[1]}" "RUNC=${tools[2]}" "RUNC_SHIM=${tools[3]}"
+            "IPROUTE2=${tools[4]}" "TC=${tools[5]}" "RUNS=$RUNS")
         ;;
     virtio)
         scenario=$HERE/scenarios/virtio.sh
         [ -f "$GUEST_KERNEL" ] ||
             die "no guest kernel $GUEST_KERNEL: build it with resources/build-guest.sh"
-        apt_install busybox-static cpio e2fsprogs gcc libc6-dev
+        apt_install busybox-static cpio e2fsprogs gcc libc6-dev iproute2
         # The device-test guest: labtool (static, for both ends) and its initramfs.
         "$HERE/guest/build.sh" "$WORK/guest" >/dev/null ||
             die "tests/lab/guest/build.sh failed"
@@ -327,13 +364,17 @@ INIT
         (cd "$REPO" && cargo build --release --quiet -p husk-vmm --example spare_drives) >&2 ||
             die "cargo build --release -p husk-vmm --example spare_drives failed"
         spare_drives=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/spare_drives
+        # net's host end: iproute2's ip (netns, tuntap), which replaces busybox's in the lab.
+        iproute2=$(realpath "$(PATH=$PATH:/usr/sbin:/sbin command -v ip)") ||
+            die "ip is not installed (iproute2)"
         FILES+=("$husk" "$GUEST_KERNEL" "$WORK/guest/devtest.cpio" "$WORK/guest/labtool"
-            "$spare_drives" "${tools[@]}")
+            "$spare_drives" "${tools[@]}" "$iproute2")
         ENVS+=("HUSK=$husk" "GUEST_KERNEL=$GUEST_KERNEL"
             "DEVTEST_INITRD=$WORK/guest/devtest.cpio" "LABTOOL=$WORK/guest/labtool"
             "MKFS_EXT4=${tools[0]}" "DEBUGFS=${tools[1]}" "E2FSCK=${tools[2]}"
             "VSOCK_BYTES=${HUSK_VSOCK_BYTES:-268435456}" "VSOCK_CONNS=${HUSK_VSOCK_CONNS:-64}"
-            "SPARE_DRIVES=$spare_drives")
+            "SPARE_DRIVES=$spare_drives" "IPROUTE2=$iproute2"
+            "NET_BYTES=${HUSK_NET_BYTES:-1073741824}" "NET_TIMEOUT=${HUSK_NET_TIMEOUT:-600}")
         ARGS=("$@")
         ;;
 esac

@@ -35,6 +35,27 @@
 #                     husk.hot_rw_sectors, writable): a fsynced write read back with the
 #                     page cache dropped, and its detach; then lab-hot-ro once more, in a
 #                     slot that held a drive before.
+#   husk.test=net     virtio-net (needs the host side of scenarios/virtio.sh's net test). The
+#                     interfaces are given as husk.net0=MAC,ADDR/PREFIX,HOST,MTU (and
+#                     husk.net1=...): the guest finds each by its MAC, sets its MTU and
+#                     address and brings it up (busybox ip), then: pings each HOST; TCP
+#                     exchanges (labtool client --tcp, mixed put/get of 64 KiB on 2
+#                     connections) with the host's server HOST:7000 on each; on net1 a UDP
+#                     datagram of MTU-28 bytes with DF (IP_PMTUDISC_DO) to HOST:7100 is
+#                     sent, one byte more is refused (EMSGSIZE), and husk.net1_bytes go
+#                     each way over TCP at that MTU; on net0 husk.net_bytes go guest -> host
+#                     (PUT) and host -> guest (GET) over TCP, both verified byte for byte
+#                     and both ends' checksums compared (the rates: the client lines);
+#                     then a UDP flood to net0's HOST:7009 for husk.flood_seconds while the
+#                     drive lab-net (husk.flood_blk_bytes of pattern 91) is read back from
+#                     the device and husk.flood_vsock_bytes are sent over vsock to CID 2
+#                     port 6000: both must complete while the flood runs. Then
+#                     LABGUEST-HOST-TURN: the host connects to the guest's TCP server on
+#                     port 5000 (once on each interface) and sends a DF datagram of MTU-28
+#                     bytes to net1's ADDR:7100; the guest waits for them.
+#   husk.test=netbench  A benchmark, not a test (bench-net): husk.net0 as above, then
+#                     husk.net_bytes guest -> host (PUT) and host -> guest (GET) over TCP to
+#                     HOST:7000; each rate is the client's line (LABGUEST-NETBENCH ...).
 #   husk.test=fio     A benchmark, not a test (bench-blk; needs an initramfs built with
 #                     `build.sh --fio`): fio against the raw first drive /dev/vda, direct=1,
 #                     the workloads of fio_workloads below one after the other, each
@@ -367,6 +388,190 @@ test_vsock() {
     fi
 }
 
+# iface_by_mac MAC: the name of the network interface with that MAC address.
+iface_by_mac() {
+    for n in /sys/class/net/*; do
+        if [ "$(cat "$n/address" 2>/dev/null)" = "$1" ]; then
+            echo "${n##*/}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# net_setup NAME SPEC: configures the interface SPEC (MAC,ADDR/PREFIX,HOST,MTU) describes
+# and sets NET_IF and NET_HOST; fails if it cannot.
+net_setup() {
+    _spec=$2
+    _mac=${_spec%%,*}
+    _spec=${_spec#*,}
+    _cidr=${_spec%%,*}
+    _spec=${_spec#*,}
+    NET_HOST=${_spec%%,*}
+    _mtu=${_spec#*,}
+    if ! NET_IF=$(iface_by_mac "$_mac"); then
+        bad "$1: an interface with the MAC $_mac (have: $(for n in /sys/class/net/*; do printf '%s=%s ' "${n##*/}" "$(cat "$n/address")"; done))"
+        return 1
+    fi
+    _drv=$(basename "$(readlink "/sys/class/net/$NET_IF/device/driver" 2>/dev/null)")
+    if ! _out=$(ip link set "$NET_IF" mtu "$_mtu" 2>&1 && ip addr add "$_cidr" dev "$NET_IF" 2>&1 &&
+        ip link set "$NET_IF" up 2>&1); then
+        bad "$1: configuring $NET_IF ($_mac) with $_cidr, MTU $_mtu: $_out"
+        return 1
+    fi
+    _have_mtu=$(cat "/sys/class/net/$NET_IF/mtu")
+    if [ "$_drv" = virtio_net ] && [ "$_have_mtu" = "$_mtu" ]; then
+        ok "$1: $NET_IF ($_mac, driver $_drv) up with $_cidr and MTU $_have_mtu"
+    else
+        bad "$1: $NET_IF ($_mac) has driver '$_drv' (expected virtio_net) and MTU $_have_mtu (expected $_mtu)"
+    fi
+    echo "LABGUEST-NET-IF $1 $NET_IF mac=$_mac addr=$_cidr mtu=$_have_mtu features=$(cat "/sys/class/net/$NET_IF/device/features" 2>/dev/null) carrier=$(cat "/sys/class/net/$NET_IF/carrier" 2>/dev/null)"
+}
+
+# ping_host NAME HOST [SIZE]: pings HOST until it answers (up to 30 s: the host end may
+# still be coming up), then 3 more times.
+ping_host() {
+    _i=0
+    while ! ping -c 1 -W 1 ${3:+-s "$3"} "$2" >/dev/null 2>&1; do
+        _i=$((_i + 1))
+        if [ "$_i" -ge 30 ]; then
+            bad "$1: ping ${3:+-s $3 }$2 gets no answer within 30 s"
+            return 1
+        fi
+    done
+    if _out=$(ping -c 3 -W 5 ${3:+-s "$3"} "$2" 2>&1); then
+        ok "$1: ping ${3:+-s $3 }$2: $(echo "$_out" | grep -E 'packets transmitted')"
+    else
+        bad "$1: ping ${3:+-s $3 }$2: $_out"
+    fi
+}
+
+test_net() {
+    bytes=$(param husk.net_bytes 1073741824)
+    bytes1=$(param husk.net1_bytes 16777216)
+    timeout=$(param husk.net_timeout 600)
+    flood=$(param husk.flood_seconds 10)
+    blk_bytes=$(param husk.flood_blk_bytes 8388608)
+    vsock_bytes=$(param husk.flood_vsock_bytes 8388608)
+    net_setup net0 "$(param husk.net0 none)" || return
+    if0=$NET_IF host0=$NET_HOST
+    net_setup net1 "$(param husk.net1 none)" || return
+    if1=$NET_IF host1=$NET_HOST
+    mtu1=$(cat "/sys/class/net/$if1/mtu")
+    # The host's part comes after LABGUEST-HOST-TURN; the servers listen from the start.
+    labtool serve --tcp-listen 0.0.0.0:5000 --count 2 --timeout "$timeout" &
+    tcp_server=$!
+    labtool udp-recv "0.0.0.0:7100" $((mtu1 - 28)) --timeout "$timeout" &
+    udp_server=$!
+
+    # (a) reachability and a TCP exchange on each interface
+    ping_host net0 "$host0"
+    ping_host net1 "$host1"
+    for words in "0 $if0 $host0" "1 $if1 $host1"; do
+        # shellcheck disable=SC2086 # the words: index, interface, host
+        set -- $words
+        if labtool client --tcp "$3:7000" --conns 2 --retry 30 --timeout 120 mixed $((100 + $1 * 10)) 65536; then
+            ok "net$1 ($2): TCP exchange with $3:7000, 2 connections at once, 64 KiB each way, verified"
+        else
+            bad "net$1 ($2): TCP exchange with $3:7000"
+        fi
+    done
+
+    # (d) the MTU of net1: a datagram that fills it with DF goes through, one byte more is
+    # refused; a ping that fills it; TCP at that MTU both ways
+    big=$((mtu1 - 28))
+    expect_ok "net1 ($if1, MTU $mtu1): a UDP datagram of $big bytes with DF to $host1:7100 is sent" \
+        labtool udp-send "$host1:7100" "$big" --df
+    expect_fail "net1 ($if1, MTU $mtu1): a UDP datagram of $((big + 1)) bytes with DF is refused" \
+        labtool udp-send "$host1:7100" $((big + 1)) --df
+    ping_host net1 "$host1" "$big"
+    if labtool client --tcp "$host1:7000" --timeout "$timeout" put 121 "$bytes1" &&
+        labtool client --tcp "$host1:7000" --timeout "$timeout" get 122 "$bytes1"; then
+        ok "net1 ($if1, MTU $mtu1): $bytes1 bytes guest -> host and host -> guest over TCP, verified, checksums equal"
+    else
+        bad "net1 ($if1, MTU $mtu1): $bytes1 bytes each way over TCP"
+    fi
+
+    # (b) the big transfers on net0
+    if labtool client --tcp "$host0:7000" --timeout "$timeout" put 71 "$bytes"; then
+        ok "net0 ($if0): $bytes bytes guest -> host over TCP, verified by the host, checksums equal"
+    else
+        bad "net0 ($if0): $bytes bytes guest -> host over TCP"
+    fi
+    if labtool client --tcp "$host0:7000" --timeout "$timeout" get 72 "$bytes"; then
+        ok "net0 ($if0): $bytes bytes host -> guest over TCP, verified here, checksums equal"
+    else
+        bad "net0 ($if0): $bytes bytes host -> guest over TCP"
+    fi
+
+    # (e) a UDP flood on net0 does not starve the other devices
+    if blk=$(dev_by_serial lab-net); then
+        echo 3 >/proc/sys/vm/drop_caches
+        t0=$(date +%s)
+        head -c "$blk_bytes" "$blk" | labtool check 91 "$blk_bytes" >/dev/null
+        echo "LABGUEST-NOTE: reading $blk_bytes bytes of $blk without a flood took $(($(date +%s) - t0)) s"
+        labtool udp-send "$host0:7009" 1400 --seconds "$flood" >/tmp/flood.log 2>&1 &
+        flooder=$!
+        sleep 1
+        echo 3 >/proc/sys/vm/drop_caches
+        t0=$(date +%s)
+        if head -c "$blk_bytes" "$blk" | labtool check 91 "$blk_bytes" >/dev/null; then
+            blk_ok=1
+        else
+            blk_ok=0
+        fi
+        t_blk=$(($(date +%s) - t0))
+        labtool client --vsock 2:6000 --timeout 120 put 92 "$vsock_bytes" >/tmp/vsock.log 2>&1
+        vsock_rc=$?
+        t_all=$(($(date +%s) - t0))
+        if kill -0 "$flooder" 2>/dev/null; then still=1; else still=0; fi
+        wait "$flooder"
+        flood_rc=$?
+        sed 's/^/labguest: /' /tmp/flood.log /tmp/vsock.log
+        if [ "$flood_rc" = 0 ] && grep -q '^udp-send: flood' /tmp/flood.log; then
+            ok "flood: the guest flooded $host0:7009 with UDP for $flood s ($(sed -n 's/^udp-send: flood to [^:]*:[0-9]*: //p' /tmp/flood.log))"
+        else
+            bad "flood: the UDP flood ran (status $flood_rc): $(cat /tmp/flood.log)"
+        fi
+        if [ "$blk_ok" = 1 ] && [ "$still" = 1 ]; then
+            ok "flood: during it, $blk_bytes bytes of the drive lab-net ($blk) read back from the device, verified, in $t_blk s"
+        else
+            bad "flood: reading $blk_bytes bytes of lab-net ($blk) during the flood (verified: $blk_ok, the flood still running after it and the vsock put: $still)"
+        fi
+        if [ "$vsock_rc" = 0 ] && [ "$still" = 1 ]; then
+            ok "flood: during it, $vsock_bytes bytes went to the host over vsock (CID 2 port 6000), verified ($t_all s after the flood's first second for both)"
+        else
+            bad "flood: $vsock_bytes bytes over vsock during the flood (status $vsock_rc, the flood still running after it: $still)"
+        fi
+    fi
+
+    echo "LABGUEST-HOST-TURN"
+    if wait "$tcp_server"; then
+        ok "host-initiated: the guest's TCP server on port 5000 served the host's 2 connections, verified"
+    else
+        bad "host-initiated: the guest's TCP server on port 5000 did not serve 2 verified connections (or timed out)"
+    fi
+    if wait "$udp_server"; then
+        ok "host-initiated: a UDP datagram of $big bytes with DF from the host arrived on net1 ($if1, MTU $mtu1), verified"
+    else
+        bad "host-initiated: a UDP datagram of $big bytes with DF from the host on net1 ($if1, MTU $mtu1)"
+    fi
+}
+
+test_netbench() {
+    bytes=$(param husk.net_bytes 268435456)
+    net_setup net0 "$(param husk.net0 none)" || return
+    ping_host net0 "$NET_HOST"
+    for op in put get; do
+        if out=$(labtool client --tcp "$NET_HOST:7000" --retry 30 --timeout 600 "$op" 73 "$bytes" 2>&1); then
+            echo "$out" | sed -n "s/^client: [A-Z]* .* = \([0-9.]*\) MB\/s$/LABGUEST-NETBENCH $op \1/p"
+        else
+            bad "netbench: $op of $bytes bytes to $NET_HOST:7000: $out"
+        fi
+        echo "$out" | sed 's/^/labguest: /'
+    done
+}
+
 # fio_workloads: one line per bench-blk workload: name, rw, block size, iodepth, extra fio
 # options. The name says it all: the host's table shows the names as they are.
 fio_workloads() {
@@ -420,7 +625,9 @@ case "$test" in
     vsock) test_vsock ;;
     hotplug) test_hotplug ;;
     fio) test_fio ;;
-    *) bad "unknown husk.test=$test (blk, fsync, vsock, hotplug, fio)" ;;
+    net) test_net ;;
+    netbench) test_netbench ;;
+    *) bad "unknown husk.test=$test (blk, fsync, vsock, hotplug, fio, net, netbench)" ;;
 esac
 echo "LABGUEST-DONE $test"
 reboot -f

@@ -1,5 +1,6 @@
 /*
- * labtool: the data tool of husk's layer-5 device scenarios (tests/lab/scenarios/virtio.sh).
+ * labtool: the data tool of husk's layer-5 device scenarios (tests/lab/scenarios/virtio.sh,
+ * bench-net.sh).
  * One source, built static (gcc -static) for the test guest and for the lab host (or the
  * hardware-KVM host), so that both ends run the same pattern and checksum code.
  *
@@ -26,6 +27,18 @@
  *                                          pattern(SEED+i)), get (receive them), mixed (put
  *                                          on even i, get on odd i); exit 0 only if every
  *                                          transfer was verified
+ *   labtool udp-send ADDR:PORT SIZE [--df] [--count N] [--seconds S]
+ *                                          send N datagrams (default 1) of SIZE bytes of
+ *                                          pattern(SIZE) to ADDR:PORT over IPv4, with --df
+ *                                          with Don't Fragment set (IP_PMTUDISC_DO: a
+ *                                          datagram larger than the path MTU fails with
+ *                                          EMSGSIZE); exit 0 only if every send succeeded.
+ *                                          With --seconds S: a flood, as fast as it goes
+ *                                          for S seconds, send errors (ENOBUFS) counted,
+ *                                          not fatal; prints the count and the rate
+ *   labtool udp-recv ADDR:PORT SIZE [--timeout SECS]
+ *                                          bind ADDR:PORT (IPv4), receive one datagram and
+ *                                          succeed only if it is SIZE bytes of pattern(SIZE)
  *
  * ENDPOINT:
  *   --vsock-port P        serve: AF_VSOCK, listen on port P (any CID)
@@ -35,6 +48,8 @@
  *                         connection to host port P at the socket <uds>_P.
  *   --hybrid PATH:P       client: husk's hybrid vsock host side: connect to the Unix socket
  *                         PATH, send "CONNECT P\n", expect "OK <n>\n", then raw bytes
+ *   --tcp-listen ADDR:P   serve: TCP over IPv4, listen on ADDR (0.0.0.0: any) port P
+ *   --tcp ADDR:P          client: TCP over IPv4, connect to ADDR port P
  *
  * The protocol on each connection: the client sends one line "PUT SEED BYTES\n" or
  * "GET SEED BYTES\n".
@@ -55,7 +70,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
+#include <arpa/inet.h>
 #include <linux/vm_sockets.h>
+#include <netinet/in.h>
+#include <netinet/ip.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -100,7 +118,10 @@ static void usage(void)
             "     | write-fsync PATH SEED BYTES\n"
             "     | serve (--vsock-port P | --unix PATH) [--count N] [--timeout SECS]\n"
             "     | client (--vsock CID:P | --hybrid PATH:P | --unix PATH) [--conns N]\n"
-            "              [--retry SECS] [--timeout SECS] (put|get|mixed) SEED BYTES\n");
+            "              [--retry SECS] [--timeout SECS] (put|get|mixed) SEED BYTES\n"
+            "     | udp-send ADDR:PORT SIZE [--df] [--count N] [--seconds S]\n"
+            "     | udp-recv ADDR:PORT SIZE [--timeout SECS]\n"
+            "  ENDPOINT for serve also --tcp-listen ADDR:P, for client --tcp ADDR:P\n");
     exit(2);
 }
 
@@ -493,11 +514,12 @@ static int cmd_write_fsync(int argc, char **argv)
 
 /* ---- endpoints ------------------------------------------------------------------------ */
 
-enum kind { EP_NONE, EP_VSOCK, EP_UNIX, EP_HYBRID };
+enum kind { EP_NONE, EP_VSOCK, EP_UNIX, EP_HYBRID, EP_TCP };
 
 struct endpoint {
     enum kind kind;
     unsigned cid, port;
+    struct sockaddr_in inet; /* EP_TCP */
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     char desc[160];
 };
@@ -512,12 +534,29 @@ static void set_path(struct endpoint *ep, const char *path, size_t len)
     ep->path[len] = 0;
 }
 
+/* Parses "ADDR:PORT" (IPv4 dotted quad) into a; exits with a usage error otherwise. */
+static void parse_inet(const char *val, struct sockaddr_in *a)
+{
+    const char *colon = strrchr(val, ':');
+    char host[64];
+    if (!colon || (size_t)(colon - val) >= sizeof host)
+        usage();
+    snprintf(host, sizeof host, "%.*s", (int)(colon - val), val);
+    memset(a, 0, sizeof *a);
+    a->sin_family = AF_INET;
+    a->sin_port = htons((uint16_t)parse_u64(colon + 1, "port"));
+    if (inet_pton(AF_INET, host, &a->sin_addr) != 1) {
+        fprintf(stderr, "%s: '%s' is not an IPv4 address\n", prog, host);
+        exit(2);
+    }
+}
+
 /* Parses one endpoint option at argv[*i]; returns 0 if argv[*i] is not one. */
 static int parse_endpoint(int argc, char **argv, int *i, struct endpoint *ep, int server)
 {
     const char *opt = argv[*i];
     if (strcmp(opt, "--vsock-port") && strcmp(opt, "--vsock") && strcmp(opt, "--unix") &&
-        strcmp(opt, "--hybrid"))
+        strcmp(opt, "--hybrid") && strcmp(opt, "--tcp-listen") && strcmp(opt, "--tcp"))
         return 0;
     if (*i + 1 >= argc)
         usage();
@@ -551,6 +590,11 @@ static int parse_endpoint(int argc, char **argv, int *i, struct endpoint *ep, in
         set_path(ep, val, (size_t)(colon - val));
         ep->port = (unsigned)parse_u64(colon + 1, "port");
         snprintf(ep->desc, sizeof ep->desc, "hybrid %s port %u", ep->path, ep->port);
+    } else if ((!strcmp(opt, "--tcp-listen") && server) || (!strcmp(opt, "--tcp") && !server)) {
+        ep->kind = EP_TCP;
+        parse_inet(val, &ep->inet);
+        ep->port = ntohs(ep->inet.sin_port);
+        snprintf(ep->desc, sizeof ep->desc, "tcp %s", val);
     } else {
         usage();
     }
@@ -569,6 +613,19 @@ static int ep_connect(const struct endpoint *ep, char *why, size_t size)
         }
         struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = ep->cid, .svm_port = ep->port};
         if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            snprintf(why, size, "connect to %s: %s", ep->desc, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    if (ep->kind == EP_TCP) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            snprintf(why, size, "socket(AF_INET): %s", strerror(errno));
+            return -1;
+        }
+        if (connect(fd, (const struct sockaddr *)&ep->inet, sizeof ep->inet) < 0) {
             snprintf(why, size, "connect to %s: %s", ep->desc, strerror(errno));
             close(fd);
             return -1;
@@ -630,6 +687,18 @@ static int ep_listen(const struct endpoint *ep)
         struct sockaddr_vm a = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
                                 .svm_port = ep->port};
         if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+            say("serve: FAIL: bind %s: %s", ep->desc, strerror(errno));
+            exit(2);
+        }
+    } else if (ep->kind == EP_TCP) {
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            say("serve: FAIL: socket(AF_INET): %s", strerror(errno));
+            exit(2);
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (bind(fd, (const struct sockaddr *)&ep->inet, sizeof ep->inet) < 0) {
             say("serve: FAIL: bind %s: %s", ep->desc, strerror(errno));
             exit(2);
         }
@@ -738,7 +807,7 @@ static int cmd_serve(int argc, char **argv)
         else
             usage();
     }
-    if (ep.kind != EP_VSOCK && ep.kind != EP_UNIX)
+    if (ep.kind != EP_VSOCK && ep.kind != EP_UNIX && ep.kind != EP_TCP)
         usage();
     if (timeout)
         alarm((unsigned)timeout); /* SIGALRM's default action ends the server */
@@ -993,6 +1062,135 @@ static int cmd_client(int argc, char **argv)
     return 0;
 }
 
+/* ---- udp-send / udp-recv --------------------------------------------------------------- */
+
+static int cmd_udp_send(int argc, char **argv)
+{
+    struct sockaddr_in to;
+    uint64_t size = 0, count = 1, seconds = 0;
+    int df = 0, npos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--df"))
+            df = 1;
+        else if (!strcmp(argv[i], "--count") && i + 1 < argc)
+            count = parse_u64(argv[++i], "count");
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            seconds = parse_u64(argv[++i], "seconds");
+        else if (argv[i][0] != '-' && npos == 0) {
+            parse_inet(argv[i], &to);
+            npos++;
+        } else if (argv[i][0] != '-' && npos == 1) {
+            size = parse_u64(argv[i], "SIZE");
+            npos++;
+        } else
+            usage();
+    }
+    if (npos != 2 || size > 65507)
+        usage();
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        say("udp-send: FAIL: socket(AF_INET, SOCK_DGRAM): %s", strerror(errno));
+        return 2;
+    }
+    int pmtu = df ? IP_PMTUDISC_DO : IP_PMTUDISC_DONT;
+    if (setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu) < 0) {
+        say("udp-send: FAIL: IP_MTU_DISCOVER: %s", strerror(errno));
+        return 2;
+    }
+    unsigned char *buf = malloc(size ? size : 1);
+    if (!buf)
+        return 2;
+    pattern_fill(buf, size, size, 0);
+    char dst[64];
+    snprintf(dst, sizeof dst, "%s:%u", inet_ntoa(to.sin_addr), ntohs(to.sin_port));
+    if (seconds) {
+        uint64_t sent = 0, errors = 0;
+        int last_errno = 0;
+        double t0 = now(), end = t0 + (double)seconds, t = t0;
+        while (t < end) {
+            for (int k = 0; k < 64; k++) {
+                if (sendto(fd, buf, size, 0, (struct sockaddr *)&to, sizeof to) < 0) {
+                    errors++;
+                    last_errno = errno;
+                } else
+                    sent++;
+            }
+            t = now();
+        }
+        say("udp-send: flood to %s: %" PRIu64 " datagrams of %" PRIu64 " bytes sent in %.2f s "
+            "= %.1f MB/s, %" PRIu64 " sends refused%s%s",
+            dst, sent, size, t - t0, (double)(sent * size) / 1e6 / (t - t0), errors,
+            errors ? " (last: " : "", errors ? strerror(last_errno) : "");
+        if (errors)
+            say("udp-send: (refused sends are the qdisc or the device queue being full)");
+        return sent ? 0 : 1;
+    }
+    for (uint64_t i = 0; i < count; i++) {
+        if (sendto(fd, buf, size, 0, (struct sockaddr *)&to, sizeof to) < 0) {
+            say("udp-send: FAIL: datagram %" PRIu64 " of %" PRIu64 " bytes to %s%s: %s", i, size,
+                dst, df ? " with DF" : "", strerror(errno));
+            return 1;
+        }
+    }
+    say("udp-send: ok: %" PRIu64 " datagram(s) of %" PRIu64 " bytes sent to %s%s", count, size,
+        dst, df ? " with DF (IP_PMTUDISC_DO)" : "");
+    return 0;
+}
+
+static int cmd_udp_recv(int argc, char **argv)
+{
+    struct sockaddr_in at;
+    uint64_t size = 0, timeout = 0;
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--timeout") && i + 1 < argc)
+            timeout = parse_u64(argv[++i], "timeout");
+        else if (argv[i][0] != '-' && npos == 0) {
+            parse_inet(argv[i], &at);
+            npos++;
+        } else if (argv[i][0] != '-' && npos == 1) {
+            size = parse_u64(argv[i], "SIZE");
+            npos++;
+        } else
+            usage();
+    }
+    if (npos != 2 || size > 65507)
+        usage();
+    if (timeout)
+        alarm((unsigned)timeout);
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&at, sizeof at) < 0) {
+        say("udp-recv: FAIL: bind %s:%u: %s", inet_ntoa(at.sin_addr), ntohs(at.sin_port),
+            strerror(errno));
+        return 2;
+    }
+    say("udp-recv: listening on %s:%u for one datagram of %" PRIu64 " bytes",
+        inet_ntoa(at.sin_addr), ntohs(at.sin_port), size);
+    unsigned char *buf = malloc(65536), *want = malloc(size ? size : 1);
+    if (!buf || !want)
+        return 2;
+    struct sockaddr_in from;
+    socklen_t flen = sizeof from;
+    ssize_t n;
+    while ((n = recvfrom(fd, buf, 65536, 0, (struct sockaddr *)&from, &flen)) < 0 && errno == EINTR)
+        ;
+    if (n < 0) {
+        say("udp-recv: FAIL: recvfrom: %s", strerror(errno));
+        return 1;
+    }
+    pattern_fill(want, size, size, 0);
+    if ((uint64_t)n != size || memcmp(buf, want, size)) {
+        say("udp-recv: FAIL: a datagram of %zd bytes from %s, expected %" PRIu64
+            " bytes of pattern(%" PRIu64 ")%s",
+            n, inet_ntoa(from.sin_addr), size, size,
+            (uint64_t)n == size ? " (the bytes differ)" : "");
+        return 1;
+    }
+    say("udp-recv: ok: one datagram of %zd bytes from %s, pattern verified", n,
+        inet_ntoa(from.sin_addr));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -1013,6 +1211,10 @@ int main(int argc, char **argv)
         return cmd_serve(argc, argv);
     if (!strcmp(cmd, "client"))
         return cmd_client(argc, argv);
+    if (!strcmp(cmd, "udp-send"))
+        return cmd_udp_send(argc, argv);
+    if (!strcmp(cmd, "udp-recv"))
+        return cmd_udp_recv(argc, argv);
     usage();
     return 2;
 }

@@ -11,6 +11,10 @@
 #      both, exec into the app, kill and delete the app then the sandbox, nothing left;
 #   d. the figures: `ctr run --rm` of echo hello with husk (builtin) and with runc,
 #      RUNS times each, interleaved, medians and the ratio (FIGURE: lines);
+#   f. the pod's network: `ctr run --with-ns network:...` of a namespace as CNI leaves
+#      one (a veth with an address, MAC, MTU and default route, its peer a gateway in a
+#      second namespace): the guest's eth0 gets them, and the container and a server
+#      at the gateway talk; no tap or qdisc is left (issue 7's tcfilter wiring);
 #   e. the footprint of one idle pod (`sleep`): the PSS of husk's shim process (the VMM),
 #      its guest RAM apart, against runc's shim (FIGURE: line).
 #
@@ -23,8 +27,8 @@
 #
 # Environment: HUSK_LAB_LIB, HUSK, HUSK_SHIM, GUEST_KERNEL, GUEST_INITRD, MKFS_EXT4,
 # BUSYBOX_IMAGE (the OCI image tar of resources/build-busybox-image.sh), CONTAINERD, CTR,
-# RUNC, RUNC_SHIM (containerd-shim-runc-v2), RUNS (default 3), GNU_DATE, GNU_TIMEOUT,
-# BOOT_TIMEOUT.
+# RUNC, RUNC_SHIM (containerd-shim-runc-v2), IPROUTE2 (iproute2's ip), TC (its tc), RUNS
+# (default 3), GNU_DATE, GNU_TIMEOUT, BOOT_TIMEOUT.
 set -u
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HUSK_LAB_LIB"
@@ -40,6 +44,8 @@ need_file "$CTR" "ctr"
 # shellcheck disable=SC2153 # RUNC comes from the environment
 need_file "$RUNC" "runc"
 need_file "$RUNC_SHIM" "containerd-shim-runc-v2"
+need_file "$IPROUTE2" "iproute2's ip"
+need_file "$TC" "iproute2's tc"
 
 RUNS=${RUNS:-3}
 T=$BOOT_TIMEOUT
@@ -292,6 +298,55 @@ done <"$SCRATCH/tasks"
 ctr container ls -q
 cp "$SCRATCH/out" "$SCRATCH/containers"
 while read -r c; do ctr container rm "$c"; done <"$SCRATCH/containers"
+
+echo "== f. the pod's network: the VM wired by tc to a namespace as CNI leaves one"
+# The pod's namespace holds eth0, one end of a veth pair, with an address, a MAC, an MTU
+# and a default route; the other end, the gateway, is in a second namespace with a real
+# stack. husk (the shim) enters the pod's namespace (ctr --with-ns), puts a tap there
+# redirected both ways to eth0, gives the VM a virtio-net device with eth0's MAC, and the
+# agent configures the guest's eth0 with eth0's addresses, MTU and routes.
+POD_NS=husk-lab-pod
+PEER_NS=husk-lab-peer
+POD_MAC=02:48:55:53:4b:07
+ipr() { "$IPROUTE2" "$@"; }
+net_cleanup() {
+    ipr netns del "$POD_NS" 2>/dev/null
+    ipr netns del "$PEER_NS" 2>/dev/null
+}
+net_cleanup
+ipr netns add "$POD_NS" && ipr netns add "$PEER_NS" &&
+    ipr -n "$PEER_NS" link add eth0 type veth peer name vpod &&
+    ipr -n "$PEER_NS" link set vpod netns "$POD_NS" &&
+    ipr -n "$POD_NS" link set vpod name eth0 &&
+    ipr -n "$POD_NS" link set eth0 address "$POD_MAC" mtu 1400 up &&
+    ipr -n "$POD_NS" address add 10.79.0.2/24 dev eth0 &&
+    ipr -n "$POD_NS" route add default via 10.79.0.1 &&
+    ipr -n "$PEER_NS" link set lo up &&
+    ipr -n "$PEER_NS" link set eth0 mtu 1400 up &&
+    ipr -n "$PEER_NS" address add 10.79.0.1/24 dev eth0
+check "the pod's network namespace, as CNI leaves one" test $? -eq 0
+# The gateway's server: answers one connection with a line and keeps what it heard.
+(echo from-the-host | "$GNU_TIMEOUT" 120 "$IPROUTE2" netns exec "$PEER_NS" nc -l -p 7777 \
+    >"$SCRATCH/heard" 2>&1) &
+SERVER=$!
+sleep 0.5
+ctr run --rm --runtime "$HUSK_RUNTIME" --with-ns "network:/run/netns/$POD_NS" "$IMAGE" c6 \
+    sh -c 'ip -o address show eth0; ip -o link show eth0; ip route; echo from-the-pod | nc 10.79.0.1 7777'
+expect "the container ran in the VM with the pod's network (status $RC)" test "$RC" -eq 0
+expect "the guest's eth0 has the pod's address" grep -q "inet 10.79.0.2/24" "$SCRATCH/out"
+expect "the guest's eth0 has the pod's MAC and MTU" \
+    grep -q "mtu 1400 .*link/ether $POD_MAC" "$SCRATCH/out"
+expect "the guest has the pod's default route" grep -q "default via 10.79.0.1 dev eth0" "$SCRATCH/out"
+expect "the container heard the gateway's server" grep -qx from-the-host "$SCRATCH/out"
+wait "$SERVER"
+check "the gateway's server heard the container ($(cat "$SCRATCH/heard"))" \
+    grep -qx from-the-pod "$SCRATCH/heard"
+nothing_left "f"
+left=$(ipr -n "$POD_NS" -o link show | grep -c husk-tap)
+check "no tap is left in the pod's namespace ($left)" test "$left" -eq 0
+ingress=$("$TC" -n "$POD_NS" qdisc show dev eth0 | grep -c ingress)
+check "no ingress qdisc is left on the pod's eth0 ($ingress)" test "$ingress" -eq 0
+net_cleanup
 
 echo "== d. figures: ctr run --rm of echo hello, husk (builtin) vs runc, $RUNS runs each"
 : >"$SCRATCH/husk.ms"

@@ -1,8 +1,9 @@
 #!/bin/sh
-# Scenario group "virtio" (issue 3, layer 5): Linux's own virtio-blk and virtio-vsock drivers
-# in the built guest kernel, against husk's devices under `husk vmm`. The guest is the kernel
-# with the device-test initramfs (tests/lab/guest: busybox, labtool, init.sh), which runs the
-# test named by `husk.test=` on its command line. One guest boot per test:
+# Scenario group "virtio" (issues 3 and 7, layer 5): Linux's own virtio-blk, virtio-vsock and
+# virtio-net drivers in the built guest kernel, against husk's devices under `husk vmm`. The
+# guest is the kernel with the device-test initramfs (tests/lab/guest: busybox, labtool,
+# init.sh), which runs the test named by `husk.test=` on its command line. One guest boot
+# per test:
 #
 #   blk    drives lab-rw (ext4 made here with mkfs.ext4 -d) and lab-ro (ext4, ro=on). The
 #          guest sees each drive with the size of its file, the read-only flag and the serial
@@ -40,12 +41,30 @@
 #          every attach and detach succeeded, the read-only image is unchanged and the
 #          writable one holds the guest's 1 MiB. It needs SPARE_DRIVES (`cargo build
 #          --release -p husk-vmm --example spare_drives`; run.sh builds and carries it).
+#   net    virtio-net (issue 7) between the guest and a network namespace made here
+#          (husk-lab-net, iproute2's ip, IPROUTE2), deleted at the end. There: htap0, made
+#          here (persistent, 10.77.0.1/24); husk runs in the namespace (`ip netns exec`)
+#          with --net tap=htap0 and --net tap=htap1, which husk makes itself and this script
+#          then sets to 10.78.0.1/24, MTU 9000. The guest finds its interfaces by MAC and
+#          sets 10.77.0.2/24 (MTU 1500) and 10.78.0.2/24 (MTU 9000). (a) pings and a TCP
+#          exchange (labtool, put and get at once) on each interface; (b) NET_BYTES (1 GiB)
+#          guest -> host and host -> guest over TCP on net0, verified byte for byte, both
+#          ends' checksums compared, rates as FIGURE: lines; (c) net1 carries all of (a), a
+#          16 MiB TCP transfer each way and (d): a UDP datagram of MTU-28 bytes with DF gets
+#          through each way (received and verified), one byte more is refused (EMSGSIZE),
+#          and ping -s MTU-28; (e) while the guest floods UDP at the host on net0 for 10 s,
+#          it reads its drive lab-net (virtio-blk) back and sends 8 MiB over vsock: both
+#          complete, verified, with the flood still running. Then host-initiated: pings,
+#          TCP to the guest's server on each interface, the DF datagrams towards the guest.
+#          Afterwards husk's htap1 is gone, and after `ip netns del` nothing is left.
 #
-# Arguments: the tests to run (default: blk fsync vsock hotplug), one guest boot each.
+# Arguments: the tests to run (default: blk fsync vsock hotplug net), one guest boot each.
 # Environment: HUSK_LAB_LIB, HUSK, GUEST_KERNEL, DEVTEST_INITRD (the device-test initramfs),
 # LABTOOL (labtool built for this host), MKFS_EXT4, DEBUGFS, E2FSCK (e2fsprogs), GNU_DATE,
 # GNU_TIMEOUT, BOOT_TIMEOUT (seconds per guest boot, default 300), VSOCK_BYTES (default
-# 268435456), VSOCK_CONNS (default 64), SPARE_DRIVES (hotplug only).
+# 268435456), VSOCK_CONNS (default 64), SPARE_DRIVES (hotplug only), IPROUTE2 (net only),
+# NET_BYTES (default 1073741824), NET_TIMEOUT (seconds for the guest's part of net, default
+# 600; husk is killed 60 s later).
 set -u
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$HUSK_LAB_LIB"
@@ -59,14 +78,24 @@ BOOT_TIMEOUT=${BOOT_TIMEOUT:-300}
 VSOCK_BYTES=${VSOCK_BYTES:-268435456}
 VSOCK_CONNS=${VSOCK_CONNS:-64}
 MEM_MIB=256
-TESTS=${*:-blk fsync vsock hotplug}
+TESTS=${*:-blk fsync vsock hotplug net}
+NET_BYTES=${NET_BYTES:-1073741824}
+NET1_BYTES=${NET1_BYTES:-16777216}
+NET_TIMEOUT=${NET_TIMEOUT:-600}
+NET_FLOOD_SECONDS=${NET_FLOOD_SECONDS:-10}
+NET_BLK_BYTES=${NET_BLK_BYTES:-8388608}
+NET_VSOCK_BYTES=${NET_VSOCK_BYTES:-8388608}
 
 # ---- running a VM ----------------------------------------------------------------------
 
-# The VM's drives (husk --drive specs, separated by spaces; paths without spaces or commas)
-# and vsock socket (empty: none) for the next vm_start.
+# The VM's drives (husk --drive specs, separated by spaces; paths without spaces or commas),
+# vsock socket (empty: none), network interfaces (husk --net specs, separated by spaces)
+# and the network namespace husk runs in (empty: the lab's own; `ip netns exec`) for the
+# next vm_start; VM_TIMEOUT, if set, replaces BOOT_TIMEOUT for it.
 DRIVES=""
 VSOCK_UDS=""
+NETS=""
+NETNS=""
 
 # vm_start NAME CMDLINE [killable]: starts husk vmm in the background with the device-test
 # guest, 1 vCPU, 256 MiB, the drives and vsock above; console to $SCRATCH/NAME.raw, stderr
@@ -82,13 +111,16 @@ vm_start() {
         --mem-mib "$MEM_MIB" --cmdline "console=ttyS0 reboot=k panic=-1 $2"
     for _d in $DRIVES; do set -- "$@" --drive "$_d"; done
     if [ -n "$VSOCK_UDS" ]; then set -- "$@" --vsock "cid=3,uds=$VSOCK_UDS"; fi
+    for _n in $NETS; do set -- "$@" --net "$_n"; done
+    # `ip netns exec` execs husk itself (no fork): VM_PID stays husk's (or timeout's).
+    if [ -n "$NETNS" ]; then set -- "$IPROUTE2" netns exec "$NETNS" "$@"; fi
     echo "== husk vmm: husk.test=$_test ($*)"
     VM_T0=$(now_ns)
     if [ "${3:-}" = killable ]; then
         "$@" </dev/null >"$SCRATCH/$_name.raw" 2>"$SCRATCH/$_name.err" &
     else
-        "$GNU_TIMEOUT" -k 5 "$BOOT_TIMEOUT" "$@" </dev/null >"$SCRATCH/$_name.raw" \
-            2>"$SCRATCH/$_name.err" &
+        "$GNU_TIMEOUT" -k 5 "${VM_TIMEOUT:-$BOOT_TIMEOUT}" "$@" </dev/null \
+            >"$SCRATCH/$_name.raw" 2>"$SCRATCH/$_name.err" &
     fi
     VM_PID=$!
 }
@@ -104,7 +136,7 @@ vm_wait() {
 # wait_console NAME TEXT: waits until the console shows the line TEXT, the VMM ends, or
 # BOOT_TIMEOUT passes since the start; succeeds only in the first case.
 wait_console() {
-    _deadline=$(($(now_ns) / 1000000000 + BOOT_TIMEOUT))
+    _deadline=$(($(now_ns) / 1000000000 + ${VM_TIMEOUT:-$BOOT_TIMEOUT}))
     while :; do
         if tr -d '\r' <"$SCRATCH/$1.raw" | grep -qx "$2"; then return 0; fi
         # kill -0 also succeeds for an exited child not yet reaped; the shell reaps it
@@ -118,7 +150,7 @@ wait_console() {
 # check_exit NAME: husk exited 0.
 check_exit() {
     if [ "$RUN_RC" -eq 124 ]; then
-        fail "[$1] husk exits 0: it was killed after ${BOOT_TIMEOUT} s"
+        fail "[$1] husk exits 0: it was killed after ${VM_TIMEOUT:-$BOOT_TIMEOUT} s"
     else
         check "[$1] husk exits 0 after the guest's reset (status $RUN_RC after $RUN_MS ms)" \
             test "$RUN_RC" -eq 0
@@ -433,13 +465,166 @@ test_hotplug() {
     rm -f "$SCRATCH/hot-ro.img" "$SCRATCH/hot-rw.img"
 }
 
+# ---- net -----------------------------------------------------------------------------------
+
+NS=husk-lab-net
+# in_ns COMMAND...: runs COMMAND in the test's network namespace.
+in_ns() { "$IPROUTE2" netns exec "$NS" "$@"; }
+
+# net_bg NAME COMMAND...: a labtool (or other) process in the namespace, in the background,
+# its output in $SCRATCH/NAME.log; sets BG_PID.
+net_bg() {
+    _name=$1
+    shift
+    in_ns "$@" >"$SCRATCH/$_name.log" 2>&1 &
+    BG_PID=$!
+}
+
+# net_step DESCRIPTION COMMAND...: a check whose command's output is shown, prefixed.
+# shellcheck disable=SC2317 # called through check
+net_step() {
+    _what=$1
+    shift
+    if _out=$("$@" 2>&1); then
+        pass "$_what"
+        _rc=0
+    else
+        fail "$_what"
+        _rc=1
+    fi
+    echo "$_out" | sed 's/^/    host| /'
+    return "$_rc"
+}
+
+# net_figure WHAT OP SEED LOG: the FIGURE line of the client transfer OP (PUT or GET) of
+# pattern(SEED) in LOG ("client: OP seed=SEED bytes=N ... in S s = R MB/s").
+net_figure() {
+    _line=$(grep -E "^client: $2 seed=$3 " "$4" | head -n 1)
+    _rate=$(echo "$_line" | sed -n 's/.* = \([0-9.]*\) MB\/s$/\1/p')
+    _bytes=$(echo "$_line" | sed -n 's/.* bytes=\([0-9]*\) .*/\1/p')
+    echo "FIGURE: net $1 $((${_bytes:-0} / 1048576)) MiB: ${_rate:-?} MB/s"
+}
+
+test_net() {
+    before=$FAILS
+    [ -n "${IPROUTE2:-}" ] || die "net needs IPROUTE2 (iproute2's ip; run.sh carries it)"
+    need_file "$IPROUTE2" "iproute2's ip"
+    mib=$((NET_BYTES / 1048576))
+    mac0=02:77:00:00:00:02
+    mac1=02:78:00:00:00:02
+    mtu1=9000
+    big=$((mtu1 - 28))
+    # The host end: a namespace of its own, deleted at the end with all it holds. htap0 is
+    # made here (persistent, iproute2) and husk attaches to it; htap1 is made by husk itself
+    # (and goes with it); both get their address, htap1 its MTU, once they exist.
+    "$IPROUTE2" netns del "$NS" 2>/dev/null
+    if ! out=$("$IPROUTE2" netns add "$NS" 2>&1 && "$IPROUTE2" -n "$NS" link set lo up 2>&1 &&
+        "$IPROUTE2" -n "$NS" tuntap add dev htap0 mode tap vnet_hdr 2>&1 &&
+        "$IPROUTE2" -n "$NS" addr add 10.77.0.1/24 dev htap0 2>&1 &&
+        "$IPROUTE2" -n "$NS" link set htap0 up 2>&1); then
+        fail "[net] the host end: netns $NS with the tap htap0 (10.77.0.1/24): $out"
+        "$IPROUTE2" netns del "$NS" 2>/dev/null
+        return
+    fi
+    pass "[net] the host end: netns $NS, the tap htap0 made there (10.77.0.1/24, up)"
+    "$GNU_TIMEOUT" 60 "$LABTOOL" gen 91 "$NET_BLK_BYTES" >"$SCRATCH/net-blk.img"
+    VSOCK_UDS=$SCRATCH/net.vsock
+    rm -f "$VSOCK_UDS" "${VSOCK_UDS}_6000"
+    "$LABTOOL" serve --unix "${VSOCK_UDS}_6000" --count 1 --timeout "$NET_TIMEOUT" \
+        >"$SCRATCH/net-vsock.log" 2>&1 &
+    vsock_pid=$!
+    net_bg net-s0 "$LABTOOL" serve --tcp-listen 10.77.0.1:7000 --count 4 --timeout "$NET_TIMEOUT"
+    s0_pid=$BG_PID
+    DRIVES="path=$SCRATCH/net-blk.img,ro=on,id=lab-net"
+    NETS="tap=htap0,mac=$mac0 tap=htap1,mac=$mac1"
+    NETNS=$NS
+    VM_TIMEOUT=$((NET_TIMEOUT + 60))
+    vm_start net "husk.test=net husk.net0=$mac0,10.77.0.2/24,10.77.0.1,1500 husk.net1=$mac1,10.78.0.2/24,10.78.0.1,$mtu1 husk.net_bytes=$NET_BYTES husk.net1_bytes=$NET1_BYTES husk.net_timeout=$NET_TIMEOUT husk.flood_seconds=$NET_FLOOD_SECONDS husk.flood_blk_bytes=$NET_BLK_BYTES husk.flood_vsock_bytes=$NET_VSOCK_BYTES"
+    NETS=""
+    NETNS=""
+    # husk makes htap1 when it builds the VM, long before the guest needs it.
+    i=0
+    while ! "$IPROUTE2" -n "$NS" link show htap1 >/dev/null 2>&1 && [ "$i" -lt 600 ] &&
+        kill -0 "$VM_PID" 2>/dev/null; do
+        sleep 0.05
+        i=$((i + 1))
+    done
+    if out=$("$IPROUTE2" -n "$NS" link set htap1 mtu "$mtu1" 2>&1 &&
+        "$IPROUTE2" -n "$NS" addr add 10.78.0.1/24 dev htap1 2>&1 &&
+        "$IPROUTE2" -n "$NS" link set htap1 up 2>&1); then
+        pass "[net] husk made the tap htap1 in the namespace it runs in; set to 10.78.0.1/24, MTU $mtu1, up"
+    else
+        fail "[net] husk makes the tap htap1 in its namespace (then 10.78.0.1/24, MTU $mtu1): $out"
+    fi
+    net_bg net-s1 "$LABTOOL" serve --tcp-listen 10.78.0.1:7000 --count 4 --timeout "$NET_TIMEOUT"
+    s1_pid=$BG_PID
+    net_bg net-u1 "$LABTOOL" udp-recv 10.78.0.1:7100 "$big" --timeout "$NET_TIMEOUT"
+    u1_pid=$BG_PID
+    if wait_console net LABGUEST-HOST-TURN; then
+        echo "   the guest's part is done; the host's part:"
+        net_step "[net] host-initiated: ping 10.77.0.2 (net0) from the host end" \
+            in_ns ping -c 2 -W 5 10.77.0.2
+        net_step "[net] host-initiated: ping -s $big 10.78.0.2 (net1, MTU $mtu1) from the host end" \
+            in_ns ping -c 2 -W 5 -s "$big" 10.78.0.2
+        net_step "[net] host-initiated: TCP to the guest's 10.77.0.2:5000 (net0), 1 MiB host -> guest, verified, checksums equal" \
+            in_ns "$LABTOOL" client --tcp 10.77.0.2:5000 --retry 10 --timeout 120 put 131 1048576
+        net_step "[net] host-initiated: TCP to the guest's 10.78.0.2:5000 (net1), 1 MiB guest -> host, verified, checksums equal" \
+            in_ns "$LABTOOL" client --tcp 10.78.0.2:5000 --retry 10 --timeout 120 get 132 1048576
+        net_step "[net] host-initiated: a UDP datagram of $big bytes with DF to the guest's net1 (MTU $mtu1) is sent" \
+            in_ns "$LABTOOL" udp-send 10.78.0.2:7100 "$big" --df
+        if out=$(in_ns "$LABTOOL" udp-send 10.78.0.2:7100 $((big + 1)) --df 2>&1); then
+            fail "[net] host-initiated: a UDP datagram of $((big + 1)) bytes with DF on htap1 (MTU $mtu1) is refused: it was sent"
+        else
+            pass "[net] host-initiated: a UDP datagram of $((big + 1)) bytes with DF on htap1 (MTU $mtu1) is refused ($(echo "$out" | sed 's/^udp-send: FAIL: //'))"
+        fi
+        if [ "$FAILS" -gt "$before" ]; then kill "$VM_PID" 2>/dev/null; fi
+    else
+        fail "[net] the guest finishes its part (LABGUEST-HOST-TURN) within $NET_TIMEOUT s"
+    fi
+    vm_wait net
+    VM_TIMEOUT=""
+    check_exit net
+    guest_checks net
+    # The guest is gone: servers still waiting never get their connections.
+    for pid_name in "$s0_pid net-s0 10.77.0.1:7000 4" "$s1_pid net-s1 10.78.0.1:7000 4" \
+        "$u1_pid net-u1 10.78.0.1:7100 1" "$vsock_pid net-vsock vsock:6000 1"; do
+        # shellcheck disable=SC2086 # the words of pid_name
+        set -- $pid_name
+        finish_bg "$1" 10
+        sed 's/^/    host| /' "$SCRATCH/$2.log"
+        check "[net] the host's server on $3 got its $4 connection(s)/datagram(s) from the guest, verified (status $BG_RC)" \
+            test "$BG_RC" -eq 0
+    done
+    grep -E '^(client|serve|udp-send|udp-recv): |^labguest: (udp|client|serve)|^LABGUEST-NOTE' \
+        "$SCRATCH/net.out" | sed 's/^/    guest| /'
+    grep '^LABGUEST-NET-IF ' "$SCRATCH/net.out" | sed 's/^/    guest| /'
+    echo "   the host end's counters (htap0: net0, with the flood):"
+    "$IPROUTE2" -n "$NS" -s link show htap0 2>&1 | sed 's/^/    host| /'
+    # husk's own tap went with husk; the one made here stays until the namespace goes.
+    check "[net] husk's tap htap1 is gone after husk exited" \
+        sh -c "! '$IPROUTE2' -n '$NS' link show htap1 >/dev/null 2>&1"
+    "$IPROUTE2" netns del "$NS"
+    check "[net] the namespace $NS is deleted, and the tap htap0 with its qdisc with it (ip netns list: '$("$IPROUTE2" netns list | tr '\n' ' ')')" \
+        sh -c "! '$IPROUTE2' netns list | grep -q '^$NS' && [ ! -e /run/netns/$NS ] && ! ls /sys/class/net | grep -q '^htap'"
+    echo "   net rates, husk vmm, 1 vCPU, TCP measured by the guest's client, from its request to the peer's verdict (PUT) or its last byte verified (GET):"
+    net_figure "guest->host (net0, MTU 1500)" PUT 71 "$SCRATCH/net.out"
+    net_figure "host->guest (net0, MTU 1500)" GET 72 "$SCRATCH/net.out"
+    net_figure "guest->host (net1, MTU $mtu1)" PUT 121 "$SCRATCH/net.out"
+    net_figure "host->guest (net1, MTU $mtu1)" GET 122 "$SCRATCH/net.out"
+    if [ "$FAILS" -gt "$before" ]; then show net; fi
+    rm -f "$SCRATCH/net-blk.img"
+    VSOCK_UDS=""
+    DRIVES=""
+}
+
 for t in $TESTS; do
     case "$t" in
         blk) test_blk ;;
         fsync) test_fsync ;;
         vsock) test_vsock ;;
         hotplug) test_hotplug ;;
-        *) die "unknown test '$t' (blk, fsync, vsock, hotplug)" ;;
+        net) test_net ;;
+        *) die "unknown test '$t' (blk, fsync, vsock, hotplug, net)" ;;
     esac
 done
 summary virtio
