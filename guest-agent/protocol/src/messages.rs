@@ -187,7 +187,8 @@ impl std::fmt::Display for MacAddress {
     }
 }
 
-/// A MAC that is not six `:`-separated hexadecimal bytes.
+// A MAC that is not six `:`-separated hexadecimal bytes (the doc comment below is its
+// message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
 /// not a MAC address (six hexadecimal bytes separated by ':'): '{0}'
 pub struct BadMacAddress(pub String);
