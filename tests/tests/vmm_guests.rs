@@ -416,6 +416,29 @@ fn thread_confinement(pid: u32) -> Vec<ThreadConfinement> {
         .collect()
 }
 
+/// The `VmFlags:` of every mapping of process `pid` at least `min_kib` KiB large
+/// (/proc/PID/smaps).
+fn large_mappings(pid: u32, min_kib: u64) -> Vec<String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut found = Vec::new();
+    let mut size_kib = 0;
+    for line in smaps.lines() {
+        if let Some(size) = line.strip_prefix("Size:") {
+            size_kib = size
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if size_kib >= min_kib {
+                found.push(flags.trim().to_owned());
+            }
+        }
+    }
+    found
+}
+
 /// Issue 8: the vCPU and event-loop threads run confined by default: under their
 /// seccomp filters (mode 2), with no capabilities, and the vCPU threads in an empty root;
 /// and unconfined only when asked (`--seccomp off`). The other threads (the runtime's)
@@ -448,6 +471,7 @@ fn vcpu_and_event_loop_threads_run_confined() {
         stdout.read_line(&mut line).unwrap();
         assert_eq!(line.trim_end(), "spin: running");
         let threads = thread_confinement(child.id());
+        let guest_ram = large_mappings(child.id(), 100 << 10);
         let _ = child.kill();
         let _ = child.wait();
         let named = |prefix: &str| -> Vec<&ThreadConfinement> {
@@ -456,6 +480,12 @@ fn vcpu_and_event_loop_threads_run_confined() {
                 .filter(|t| t.name.starts_with(prefix))
                 .collect()
         };
+        // The guest's 128 MiB are the only mapping that large, and never in a core dump.
+        assert_eq!(guest_ram.len(), 1, "{guest_ram:?}");
+        assert!(
+            guest_ram[0].split_whitespace().any(|flag| flag == "dd"),
+            "guest memory without MADV_DONTDUMP: {guest_ram:?}"
+        );
         let (vcpus, event_loop) = (named("husk-vcpu-"), named("husk-event-loop"));
         assert_eq!((vcpus.len(), event_loop.len()), (2, 1), "{threads:?}");
         let main = threads
