@@ -127,6 +127,7 @@ pub fn create(
         true => Err(ContainerError::Interrupted),
         false => Ok(()),
     };
+    let (dns_servers, dns_search) = spec::resolver(&launch.spec).unwrap_or_default();
     let options = SandboxOptions {
         hypervisor: launch.hypervisor,
         dir: root.dir(&launch.id).join("sandbox"),
@@ -136,6 +137,8 @@ pub fn create(
         vcpus: launch.vcpus,
         hostname: launch.hostname.clone(),
         netns: spec::network_namespace_path(&launch.spec),
+        dns_servers,
+        dns_search,
     };
     let mut prepared = PreparedSandbox::new(&options)?;
     let rootfs = prepare_rootfs(launch, &prepared.capabilities(), &drive_serial(0))?;

@@ -44,6 +44,9 @@ pub struct SandboxOptions {
     /// The pod's network namespace (CNI's), when the spec names one by path. A VM gets
     /// its interfaces from there (`network`); other backends' containers join it.
     pub netns: Option<PathBuf>,
+    /// Name servers and search domains for a VM's `/etc/resolv.conf`.
+    pub dns_servers: Vec<String>,
+    pub dns_search: Vec<String>,
 }
 
 /// Something given to a running sandbox for one container, by its id.
@@ -68,6 +71,8 @@ pub struct PreparedSandbox {
     hypervisor: Box<dyn Hypervisor>,
     hostname: Option<String>,
     drives_added: usize,
+    dns_servers: Vec<String>,
+    dns_search: Vec<String>,
     /// The interfaces and routes the agent sets up, and what to unwire at the end.
     interfaces: Vec<Interface>,
     routes: Vec<Route>,
@@ -112,6 +117,8 @@ impl PreparedSandbox {
             hypervisor,
             hostname: options.hostname.clone(),
             drives_added: 0,
+            dns_servers: options.dns_servers.clone(),
+            dns_search: options.dns_search.clone(),
             interfaces: Vec::new(),
             routes: Vec::new(),
             network: None,
@@ -154,6 +161,8 @@ impl PreparedSandbox {
             mut hypervisor,
             hostname,
             drives_added,
+            dns_servers,
+            dns_search,
             interfaces,
             routes,
             network,
@@ -167,6 +176,8 @@ impl PreparedSandbox {
                 .ok()
                 .and_then(|d| u64::try_from(d.as_nanos()).ok()),
             entropy: entropy(),
+            dns_servers,
+            dns_search,
             interfaces,
             routes,
             ..SandboxConfig::default()

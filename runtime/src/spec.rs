@@ -194,8 +194,13 @@ pub fn network_namespace_path(spec: &serde_json::Value) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// Where a container finds its resolver configuration.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// The spec for a container in a VM, whose network is the pod's: it stays in the VM's
-/// network namespace rather than joining a host path, which the guest has not got.
+/// network namespace rather than joining a host path, which the guest has not got; and
+/// a host file bound at `/etc/resolv.conf` (CRI's per-pod one) becomes the guest's,
+/// which the agent writes from the same file's contents ([`resolver`]).
 pub fn for_vm(spec: &serde_json::Value) -> serde_json::Value {
     let mut spec = spec.clone();
     if let Some(namespaces) = spec
@@ -204,7 +209,49 @@ pub fn for_vm(spec: &serde_json::Value) -> serde_json::Value {
     {
         namespaces.retain(|namespace| !(is_network(namespace) && namespace.get("path").is_some()));
     }
+    if let Some(mounts) = spec.get_mut("mounts").and_then(|m| m.as_array_mut()) {
+        for mount in mounts.iter_mut().filter(|m| is_resolv_conf(m)) {
+            mount["source"] = RESOLV_CONF.into();
+        }
+    }
     spec
+}
+
+/// The name servers and search domains of the host file the spec binds at
+/// `/etc/resolv.conf`, if it binds one that can be read: what a VM's agent writes into
+/// the guest's own `/etc/resolv.conf`.
+pub fn resolver(spec: &serde_json::Value) -> Option<(Vec<String>, Vec<String>)> {
+    let mounts = spec.get("mounts")?.as_array()?;
+    let source = mounts
+        .iter()
+        .filter(|m| is_resolv_conf(m))
+        .find_map(|m| m.get("source")?.as_str())?;
+    match std::fs::read_to_string(source) {
+        Ok(text) => Some(parse_resolv_conf(&text)),
+        Err(e) => {
+            log::warn!("the spec's {RESOLV_CONF}, {source}: {e}");
+            None
+        }
+    }
+}
+
+fn is_resolv_conf(mount: &serde_json::Value) -> bool {
+    mount.get("destination").and_then(|d| d.as_str()) == Some(RESOLV_CONF)
+}
+
+/// `nameserver` and `search` lines of a resolv.conf (the last `search` wins, as for the
+/// C library); options and comments are left out.
+fn parse_resolv_conf(text: &str) -> (Vec<String>, Vec<String>) {
+    let (mut servers, mut search) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => servers.extend(words.next().map(str::to_owned)),
+            Some("search") => search = words.map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    (servers, search)
 }
 
 fn network_namespaces(spec: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
@@ -299,5 +346,36 @@ mod tests {
         assert_eq!(network_namespace_path(&own), None);
         assert_eq!(for_vm(&own), own);
         assert_eq!(network_namespace_path(&serde_json::json!({})), None);
+    }
+
+    #[test]
+    fn a_vm_gets_the_pods_resolver_from_the_file_cri_binds() {
+        let dir = std::env::temp_dir().join(format!("husk-resolv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("resolv.conf");
+        std::fs::write(
+            &file,
+            "# by CRI\nsearch a.svc b.svc\nnameserver 10.96.0.10\noptions ndots:5\nnameserver 1.1.1.1\n",
+        )
+        .unwrap();
+        let spec = serde_json::json!({
+            "mounts": [
+                { "destination": "/etc/hosts", "source": "/x/hosts", "type": "bind" },
+                { "destination": "/etc/resolv.conf", "source": file, "type": "bind" },
+            ]
+        });
+        assert_eq!(
+            resolver(&spec),
+            Some((
+                vec!["10.96.0.10".to_owned(), "1.1.1.1".to_owned()],
+                vec!["a.svc".to_owned(), "b.svc".to_owned()]
+            ))
+        );
+        let in_vm = for_vm(&spec);
+        assert_eq!(in_vm["mounts"][1]["source"], "/etc/resolv.conf");
+        assert_eq!(in_vm["mounts"][0]["source"], "/x/hosts");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(resolver(&spec), None, "an unreadable file gives nothing");
+        assert_eq!(resolver(&serde_json::json!({})), None);
     }
 }

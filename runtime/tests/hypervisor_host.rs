@@ -146,6 +146,8 @@ fn one_sandbox(dir: &std::path::Path, rootfs: &std::path::Path, n: usize) {
         vcpus: 1,
         hostname: Some(format!("loop-{n}")),
         netns: None,
+        dns_servers: Vec::new(),
+        dns_search: Vec::new(),
     };
     let sandbox = PreparedSandbox::new(&options)
         .and_then(PreparedSandbox::start)

@@ -330,14 +330,25 @@ check "the pod's network namespace, as CNI leaves one" test $? -eq 0
     >"$SCRATCH/heard" 2>&1) &
 SERVER=$!
 sleep 0.5
-ctr run --rm --runtime "$HUSK_RUNTIME" --with-ns "network:/run/netns/$POD_NS" "$IMAGE" c6 \
-    sh -c 'ip -o address show eth0; ip -o link show eth0; ip route; echo from-the-pod | nc 10.79.0.1 7777'
+# The pod's resolver configuration, bound at /etc/resolv.conf as CRI does it.
+printf 'search pod.test svc.test\nnameserver 10.79.0.53\noptions ndots:5\n' >"$SCRATCH/resolv.conf"
+ctr run --rm --runtime "$HUSK_RUNTIME" --with-ns "network:/run/netns/$POD_NS" \
+    --mount "type=bind,src=$SCRATCH/resolv.conf,dst=/etc/resolv.conf,options=rbind:ro" "$IMAGE" c6 \
+    sh -c 'ip -o address show eth0; ip -o link show eth0; ip route; cat /etc/resolv.conf
+           echo from-the-pod | nc 10.79.0.1 7777'
 expect "the container ran in the VM with the pod's network (status $RC)" test "$RC" -eq 0
 expect "the guest's eth0 has the pod's address" grep -q "inet 10.79.0.2/24" "$SCRATCH/out"
 expect "the guest's eth0 has the pod's MAC and MTU" \
     grep -q "mtu 1400 .*link/ether $POD_MAC" "$SCRATCH/out"
 expect "the guest has the pod's default route" grep -q "default via 10.79.0.1 dev eth0" "$SCRATCH/out"
 expect "the container heard the gateway's server" grep -qx from-the-host "$SCRATCH/out"
+# shellcheck disable=SC2317 # called through expect
+pod_resolver() {
+    grep -qx "nameserver 10.79.0.53" "$SCRATCH/out" &&
+        grep -qx "search pod.test svc.test" "$SCRATCH/out"
+}
+expect "the container's /etc/resolv.conf has the pod's name server and search domains" \
+    pod_resolver
 wait "$SERVER"
 check "the gateway's server heard the container ($(cat "$SCRATCH/heard"))" \
     grep -qx from-the-pod "$SCRATCH/heard"
