@@ -180,7 +180,6 @@ impl PreparedSandbox {
             dns_search,
             interfaces,
             routes,
-            ..SandboxConfig::default()
         })?;
         Ok(Sandbox {
             hypervisor,
