@@ -1458,27 +1458,9 @@ fn fuzz_harness_reaches_every_outcome() {
 #[test]
 fn fuzz_harness_random_programs() {
     use husk_devices::virtio::block::fuzzing;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
     let mut total = fuzzing::Summary::default();
-    for _ in 0..300 {
-        let len = 16 + (next() % 600) as usize;
-        let input: Vec<u8> = (0..len)
-            .map(|_| {
-                // Mostly small numbers, as the program's fields like them.
-                let r = next();
-                if r % 3 == 0 {
-                    (r >> 8) as u8
-                } else {
-                    (r >> 8) as u8 % 8
-                }
-            })
-            .collect();
+    for input in husk_devices::virtio::testing::random_programs(0x9e37_79b9_7f4a_7c15, 300, 16, 600)
+    {
         let s = fuzzing::run(&input);
         total.ok += s.ok;
         total.ioerr += s.ioerr;

@@ -885,26 +885,9 @@ fn fuzz_harness_reaches_every_outcome() {
 #[test]
 fn fuzz_harness_random_programs() {
     use husk_devices::virtio::net::fuzzing;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
     let mut total = fuzzing::Summary::default();
-    for _ in 0..200 {
-        let len = 8 + (next() % 400) as usize;
-        let input: Vec<u8> = (0..len)
-            .map(|_| {
-                let r = next();
-                if r % 3 == 0 {
-                    (r >> 8) as u8
-                } else {
-                    (r >> 8) as u8 % 8
-                }
-            })
-            .collect();
+    for input in husk_devices::virtio::testing::random_programs(0x2545_f491_4f6c_dd1d, 200, 8, 400)
+    {
         let s = fuzzing::run(&input);
         total.tx_frames += s.tx_frames;
         total.tx_refused += s.tx_refused;

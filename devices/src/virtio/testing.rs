@@ -497,3 +497,31 @@ pub fn fuzz_regressions(target: &str) -> Vec<Vec<u8>> {
     }
     inputs
 }
+
+/// `count` pseudo-random fuzz programs for the harnesses' tests, from an xorshift64
+/// stream seeded with `seed` (deterministic, so a failure repeats): each `min_len` bytes
+/// plus up to `spread` more, two thirds of them small numbers (0-7), which the programs'
+/// fields (counts, indexes, choices) like, the rest any byte.
+pub fn random_programs(seed: u64, count: usize, min_len: usize, spread: u64) -> Vec<Vec<u8>> {
+    let mut state = seed;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count)
+        .map(|_| {
+            let len = min_len + (next() % spread.max(1)) as usize;
+            (0..len)
+                .map(|_| {
+                    let r = next();
+                    match r % 3 {
+                        0 => (r >> 8) as u8,
+                        _ => (r >> 8) as u8 % 8,
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
