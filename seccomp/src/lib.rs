@@ -67,6 +67,10 @@ pub enum SeccompError {
     Install(ThreadKind, seccompiler::Error),
     /// confining the {0} thread: {1}
     Jail(ThreadKind, jail::JailError),
+    /// building the process's seccomp filter: {0}
+    BuildProcess(seccompiler::BackendError),
+    /// installing the process's seccomp filter on every thread: {0}
+    InstallProcess(String),
     /// installing the handler of seccomp violations: {0}
     Handler(std::io::Error),
 }
@@ -214,6 +218,73 @@ thread_local! {
     static KIND: Cell<Option<ThreadKind>> = const { Cell::new(None) };
 }
 
+/// What no thread of a process holding a VM ever does, and a process taken over would
+/// want: debug or read other processes, load kernel code (modules, kexec, BPF),
+/// reach kernel key rings, open files by handle (the classic container escape), set the
+/// clock, reboot, touch swap or quotas, or fault memory in from user space.
+const PROCESS_DENIED: &[i64] = &[
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_userfaultfd,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_reboot,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_syslog,
+    libc::SYS_quotactl,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_uselib,
+    libc::SYS_vhangup,
+];
+
+/// The process-wide deny-list: [`PROCESS_DENIED`] traps, everything else is allowed.
+pub fn process_filter() -> Result<BpfProgram, SeccompError> {
+    let rules = PROCESS_DENIED.iter().map(|s| (*s, Vec::new())).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Trap,
+        TargetArch::x86_64,
+    )
+    .map_err(SeccompError::BuildProcess)?;
+    filter.try_into().map_err(SeccompError::BuildProcess)
+}
+
+/// Installs [`process_filter`] on every thread of the process (and so on every thread
+/// and child it starts later), once. For a process that holds a VM: the runtime's and
+/// the shim's threads mount, open and start programs by design, so theirs is a
+/// deny-list of what they never do, under the VMM threads' own filters. Not for the host
+/// backend: its agent and containers are this process's children and would inherit it.
+pub fn confine_process() -> Result<(), SeccompError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        install_handler().map_err(|e| e.to_string())?;
+        let program = process_filter().map_err(|e| e.to_string())?;
+        seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
+    });
+    // The first attempt's outcome, for every caller: a filter cannot be installed twice.
+    installed.clone().map_err(SeccompError::InstallProcess)
+}
+
 /// Confines the calling thread for the rest of its life: its jail ([`jail`]: no
 /// capabilities; for a vCPU thread an empty root too), then its filters.
 pub fn confine(kind: ThreadKind) -> Result<(), SeccompError> {
@@ -270,7 +341,9 @@ extern "C" fn on_violation(
     // SAFETY: for SIGSYS the kernel passes a siginfo whose union holds `_sigsys`: the
     // call address (8 bytes) at offset 16, then the system call's number (an int).
     let number = unsafe { *(info as *const u8).add(24).cast::<libc::c_int>() };
-    let kind = KIND.with(|k| k.get()).map_or("unknown", ThreadKind::name);
+    // A thread without a kind of its own is one of the runtime's, under the process's
+    // deny-list (`confine_process`).
+    let kind = KIND.with(|k| k.get()).map_or("runtime", ThreadKind::name);
     let mut line = Line::default();
     line.push(b"husk: seccomp: the ");
     line.push(kind.as_bytes());

@@ -86,3 +86,47 @@ fn the_event_loop_filter_stops_execve() {
         "event-loop",
     );
 }
+
+/// In the child: a thread started before the process filter, then the filter (every
+/// thread, TSYNC), a file opened (allowed for the runtime), then that earlier thread
+/// asks to be traced, which the filter traps.
+fn process_child() {
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let early = std::thread::spawn(move || {
+        let _ = go_rx.recv();
+        // SAFETY: PTRACE_TRACEME takes no pointers; were it allowed, the parent would
+        // merely become this process's tracer.
+        let rc = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+        eprintln!("ptrace returned {rc}");
+    });
+    husk_seccomp::confine_process().expect("installing the process filter");
+    eprintln!("process filter installed");
+    match std::fs::File::open("/etc/hostname") {
+        Ok(_) => eprintln!("open succeeded"),
+        Err(e) => eprintln!("open failed: {e}"),
+    }
+    let _ = go_tx.send(());
+    let _ = early.join();
+}
+
+#[test]
+fn the_process_filter_stops_ptrace_on_every_thread() {
+    const TEST: &str = "the_process_filter_stops_ptrace_on_every_thread";
+    match std::env::var(CHILD).as_deref() {
+        Ok("process") => return process_child(),
+        Ok(_) => return,
+        Err(_) => {}
+    }
+    let out = run_child(TEST, "process");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("process filter installed"), "{stderr}");
+    assert!(stderr.contains("open succeeded"), "{stderr}");
+    assert_eq!(out.status.code(), Some(159), "{stderr}");
+    assert!(
+        stderr.contains(
+            "husk: seccomp: the runtime thread made a system call its filter forbids: ptrace (101)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("ptrace returned"), "{stderr}");
+}

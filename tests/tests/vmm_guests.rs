@@ -442,7 +442,7 @@ fn large_mappings(pid: u32, min_kib: u64) -> Vec<String> {
 /// Issue 8: the vCPU and event-loop threads run confined by default: under their
 /// seccomp filters (mode 2), with no capabilities, and the vCPU threads in an empty root;
 /// and unconfined only when asked (`--seccomp off`). The other threads (the runtime's)
-/// keep the process's root and capabilities and have no filter.
+/// keep the process's root and capabilities, under the process's deny-list only.
 #[test]
 fn vcpu_and_event_loop_threads_run_confined() {
     use std::io::{BufRead, BufReader};
@@ -492,7 +492,8 @@ fn vcpu_and_event_loop_threads_run_confined() {
             .iter()
             .find(|t| t.name == "husk")
             .expect("the main thread");
-        assert_eq!(main.seccomp, "0", "{threads:?}");
+        let process_filter = if confined { "2" } else { "0" };
+        assert_eq!(main.seccomp, process_filter, "{threads:?}");
         assert_ne!(main.cap_eff, NO_CAPS, "{threads:?}");
         assert_eq!(main.root, Path::new("/"), "{threads:?}");
         for thread in vcpus.iter().chain(&event_loop) {

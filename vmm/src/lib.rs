@@ -58,6 +58,9 @@ pub use config::{
 pub use device_manager::DeviceError;
 pub use drives::{DriveError, DriveHandle};
 pub use exit::ExitReason;
+/// For the process that holds a VM: the deny-list every one of its threads gets, under
+/// the VMM threads' own confinement.
+pub use husk_seccomp::{confine_process, SeccompError};
 
 use arch::x86_64::{mptable, regs};
 use device_manager::DeviceManager;

@@ -313,6 +313,9 @@ fn build_config(args: VmmArgs, start: Instant) -> Result<VmmConfig, String> {
 
 pub fn run(args: VmmArgs, start: Instant) -> Result<ExitCode, String> {
     let config = build_config(args, start)?;
+    if config.seccomp {
+        husk_vmm::confine_process().map_err(|e| e.to_string())?;
+    }
     let vmm = Vmm::new(config).map_err(|e| e.to_string())?;
     let stopped_by = stop_on_signals(vmm.stop_handle())?;
     let exit = vmm.run().map_err(|e| e.to_string())?;

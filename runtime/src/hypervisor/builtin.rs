@@ -139,6 +139,10 @@ impl Hypervisor for BuiltinBackend {
             source,
         })?;
         super::create_socket_dir(dir)?;
+        // This process now holds a VM: every thread of it gets the deny-list of what
+        // none of them ever does, before the guest runs.
+        husk_vmm::confine_process()
+            .map_err(|e| HypervisorError::Start(std::io::Error::other(e.to_string())))?;
         let config = self.vmm_config();
         let spare_drives = self.spare_drives;
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
