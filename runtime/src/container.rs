@@ -394,7 +394,13 @@ pub fn teardown(state: &ContainerState) -> Result<(), String> {
     // The sockets a killed holder left.
     match &state.agent {
         Some(AgentAddress::Unix { path }) => remove_socket_dir_of(path),
-        Some(AgentAddress::HybridVsock { uds, .. }) => remove_socket_dir_of(uds),
+        Some(AgentAddress::HybridVsock { uds, .. }) => {
+            remove_socket_dir_of(uds);
+            // And the cgroup of a killed VM holder, named like its socket directory.
+            if let Some(name) = uds.parent().and_then(|dir| dir.file_name()) {
+                crate::hypervisor::cgroup::remove_leftover(&name.to_string_lossy());
+            }
+        }
         None => {}
     }
     Ok(())

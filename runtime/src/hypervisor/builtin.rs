@@ -23,6 +23,7 @@ use husk_vmm::{
     VcpuConfig, Vmm, VmmConfig, VsockConfig, DEFAULT_CMDLINE,
 };
 
+use super::cgroup::SandboxCgroup;
 use super::{connect_agent, AgentAddress, Capabilities, Hypervisor, HypervisorError, Kind};
 
 /// How long the guest may take to boot to a serving agent. Generous: in the nested lab
@@ -52,6 +53,8 @@ struct Running {
     stop: StopHandle,
     drives: DriveHandle,
     thread: JoinHandle<()>,
+    /// This process's place while it holds the VM; left after the VM ended.
+    cgroup: Option<SandboxCgroup>,
 }
 
 pub struct BuiltinBackend {
@@ -140,9 +143,17 @@ impl Hypervisor for BuiltinBackend {
         })?;
         super::create_socket_dir(dir)?;
         // This process now holds a VM: every thread of it gets the deny-list of what
-        // none of them ever does, before the guest runs.
+        // none of them ever does, before the guest runs; and it moves into a cgroup of
+        // the sandbox's own, which accounts the VM's overhead.
         husk_vmm::confine_process()
             .map_err(|e| HypervisorError::Start(std::io::Error::other(e.to_string())))?;
+        let cgroup = match SandboxCgroup::enter(&super::sandbox_name(dir)) {
+            Ok(cgroup) => Some(cgroup),
+            Err(e) => {
+                log::warn!("the sandbox's overhead is not accounted apart: {e}");
+                None
+            }
+        };
         let config = self.vmm_config();
         let spare_drives = self.spare_drives;
         let ended: Arc<Mutex<Option<String>>> = Arc::default();
@@ -187,6 +198,7 @@ impl Hypervisor for BuiltinBackend {
             stop,
             drives,
             thread,
+            cgroup,
         });
         let answered = connect_agent(
             AgentAddress::hybrid_vsock(self.uds()).connector(),
@@ -257,6 +269,9 @@ impl Hypervisor for BuiltinBackend {
         if let Some(running) = self.running.take() {
             running.stop.stop();
             let _ = running.thread.join();
+            if let Some(cgroup) = running.cgroup {
+                cgroup.leave();
+            }
         }
         // The VMM leaves its sockets behind (`<uds>`, and the `<uds>_<port>` listeners
         // of whoever took guest connections): they go with the sandbox.

@@ -9,6 +9,7 @@
 //! - `builtin`: the in-process VMM (`husk-vmm`) booting the guest (next).
 
 pub mod builtin;
+pub mod cgroup;
 pub mod host;
 
 use std::path::{Path, PathBuf};
@@ -53,11 +54,16 @@ const SOCKET_ROOT: &str = "/run/husk/.sockets";
 /// The socket directory of the sandbox whose directory is `sandbox_dir`, named by a hash
 /// of that path (so the same for every process that knows it). Its backend creates it.
 pub fn socket_dir(sandbox_dir: &Path) -> PathBuf {
+    Path::new(SOCKET_ROOT).join(sandbox_name(sandbox_dir))
+}
+
+/// A short name for the sandbox whose directory is `sandbox_dir`, the same in every
+/// process: a hash of the path. Its socket directory and its cgroup are named by it.
+pub fn sandbox_name(sandbox_dir: &Path) -> String {
     use sha2::{Digest, Sha256};
     use std::os::unix::ffi::OsStrExt;
     let digest = Sha256::digest(sandbox_dir.as_os_str().as_bytes());
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SOCKET_ROOT).join(name)
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Creates the sandbox's socket directory, open to its owner only: whoever can connect

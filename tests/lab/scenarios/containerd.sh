@@ -181,6 +181,9 @@ nothing_left() {
     m=$(our_mounts | wc -l)
     check "$1: no mount under containerd's directory is left ($m)" test "$m" -eq 0
     our_mounts | sed 's/^/    | /'
+    # husk-<16 hex digits>; not runc's husk-lab (the namespace) parent.
+    left=$(find /sys/fs/cgroup -maxdepth 4 -type d -name 'husk-????????????????' | wc -l)
+    check "$1: no sandbox cgroup is left ($left)" test "$left" -eq 0
 }
 
 # wait_stopped ID: waits until `ctr task ls` shows the task STOPPED (30 s at most); fails
@@ -233,6 +236,14 @@ expect "ctr task ps lists a header and the process ($(wc -l <"$SCRATCH/out") lin
 ctr task metrics c2
 expect "ctr task metrics shows the guest's cgroup v2 figures (status $RC)" \
     grep -Eq "^pids.current[[:space:]]+[1-9]" "$SCRATCH/out"
+# The pod's overhead in a cgroup of its own: the shim (the VMM) moved into husk-<name>
+# below containerd's, which is charged the guest's RAM.
+shim_pid=$(grep -l "[c]ontainerd-shim-husk-v2" /proc/[0-9]*/cmdline 2>/dev/null | head -n 1 | cut -d/ -f3)
+shim_cgroup=$(sed -n 's/^0:://p' "/proc/${shim_pid:-0}/cgroup" 2>/dev/null)
+check "the shim is in a cgroup of the sandbox's own (${shim_cgroup:-none})" \
+    test -n "$shim_cgroup" -a "${shim_cgroup##*/husk-}" != "$shim_cgroup"
+charged=$(cat "/sys/fs/cgroup${shim_cgroup}/memory.current" 2>/dev/null || echo 0)
+check "that cgroup is charged the VM's memory ($((charged >> 20)) MiB)" test "$charged" -ge $((16 << 20))
 ctr task ls
 expect "ctr task ls shows c2 RUNNING" grep -Eq "^c2[[:space:]].*RUNNING" "$SCRATCH/out"
 ctr task kill -s SIGKILL c2
