@@ -270,13 +270,21 @@ pub fn process_filter() -> Result<BpfProgram, SeccompError> {
 }
 
 /// Installs [`process_filter`] on every thread of the process (and so on every thread
-/// and child it starts later), once. For a process that holds a VM: the runtime's and
+/// and child it starts later), once, after setting the process's core-dump limit to 0. For a process that holds a VM: the runtime's and
 /// the shim's threads mount, open and start programs by design, so theirs is a
 /// deny-list of what they never do, under the VMM threads' own filters. Not for the host
 /// backend: its agent and containers are this process's children and would inherit it.
 pub fn confine_process() -> Result<(), SeccompError> {
     static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     let installed = INSTALLED.get_or_init(|| {
+        // No core dumps: the process holds a pod's data (guest memory is also marked
+        // MADV_DONTDUMP, but the VMM's and the runtime's buffers are not).
+        let none = rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        };
+        rustix::process::setrlimit(rustix::process::Resource::Core, none)
+            .map_err(|e| format!("setting RLIMIT_CORE to 0: {e}"))?;
         install_handler().map_err(|e| e.to_string())?;
         let program = process_filter().map_err(|e| e.to_string())?;
         seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())

@@ -472,6 +472,7 @@ fn vcpu_and_event_loop_threads_run_confined() {
         assert_eq!(line.trim_end(), "spin: running");
         let threads = thread_confinement(child.id());
         let guest_ram = large_mappings(child.id(), 100 << 10);
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
         let _ = child.kill();
         let _ = child.wait();
         let named = |prefix: &str| -> Vec<&ThreadConfinement> {
@@ -486,6 +487,13 @@ fn vcpu_and_event_loop_threads_run_confined() {
             guest_ram[0].split_whitespace().any(|flag| flag == "dd"),
             "guest memory without MADV_DONTDUMP: {guest_ram:?}"
         );
+        // No core dumps of a process holding a VM.
+        let core = limits
+            .lines()
+            .find(|l| l.starts_with("Max core file size"))
+            .unwrap_or_default();
+        let no_core = core.split_whitespace().skip(4).take(2).all(|v| v == "0");
+        assert_eq!(no_core, confined, "{core}");
         let (vcpus, event_loop) = (named("husk-vcpu-"), named("husk-event-loop"));
         assert_eq!((vcpus.len(), event_loop.len()), (2, 1), "{threads:?}");
         let main = threads
