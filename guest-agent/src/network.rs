@@ -193,7 +193,7 @@ fn wait_for_mac(
 /// `10.0.0.0/8 via 10.88.0.1 dev eth0`, as `ip route` puts it.
 fn describe(route: &Route) -> String {
     let destination = match &route.destination {
-        Some(prefix) => format!("{}/{}", prefix.address, prefix.prefix_len),
+        Some(prefix) => prefix.to_string(),
         None => "default".to_owned(),
     };
     match &route.gateway {

@@ -342,10 +342,7 @@ impl Netlink {
     /// address shorter than /31 gets its subnet's broadcast address too, as `ip addr add
     /// ... brd +` and the CNI plugins do.
     pub fn add_address(&mut self, index: u32, prefix: IpPrefix) -> Result<(), NetlinkError> {
-        let operation = format!(
-            "add address {}/{} to link {index}",
-            prefix.address, prefix.prefix_len
-        );
+        let operation = format!("add address {prefix} to link {index}");
         let max = if prefix.address.is_ipv4() { 32 } else { 128 };
         if prefix.prefix_len > max {
             return Err(NetlinkError::Invalid {
@@ -468,7 +465,7 @@ impl Netlink {
         let operation = format!(
             "add the route to {} via {} out of link {index}",
             match &destination {
-                Some(prefix) => format!("{}/{}", prefix.address, prefix.prefix_len),
+                Some(prefix) => prefix.to_string(),
                 None => "default".to_owned(),
             },
             match &gateway {

@@ -42,11 +42,7 @@ fn in_fresh_netns(test: impl FnOnce(&mut Netlink) + Send + 'static) {
 }
 
 fn prefix(text: &str) -> IpPrefix {
-    let (address, len) = text.split_once('/').expect("address/len");
-    IpPrefix {
-        address: address.parse().expect("an address"),
-        prefix_len: len.parse().expect("a length"),
-    }
+    text.parse().expect("address/len")
 }
 
 fn ip(text: &str) -> IpAddr {

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use husk_protocol::{Interface, IpPrefix, MacAddress, Route};
+use husk_protocol::{Interface, MacAddress, Route};
 use husk_runtime::network::{self, NetworkError};
 use husk_tests::netns::{PodNetns, GATEWAY, POD_ADDRESS, POD_MAC, POD_MTU};
 use husk_vmm::Tap;
@@ -74,17 +74,13 @@ fn a_cni_interface_is_wired_to_a_tap_both_ways_and_unwired_after() {
 
     // What the guest is told: CNI's interface as it was, minus the kernel's own routes.
     let mac: MacAddress = POD_MAC.parse().unwrap();
-    let (address, prefix_len) = POD_ADDRESS.split_once('/').unwrap();
     assert_eq!(
         attached.interfaces,
         vec![Interface {
             name: "eth0".into(),
             mac,
             mtu: Some(POD_MTU),
-            addresses: vec![IpPrefix {
-                address: address.parse().unwrap(),
-                prefix_len: prefix_len.parse().unwrap(),
-            }],
+            addresses: vec![POD_ADDRESS.parse().unwrap()],
         }]
     );
     assert_eq!(

@@ -187,6 +187,33 @@ impl std::fmt::Display for MacAddress {
     }
 }
 
+impl std::fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+// A prefix that is not `ADDRESS/LENGTH` (the doc comment below is its message). A length
+// past the family's width reads; whoever applies the prefix refuses it (`husk-netlink`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
+/// not an address with its prefix length (such as 10.88.0.5/16): '{0}'
+pub struct BadIpPrefix(pub String);
+
+impl std::str::FromStr for IpPrefix {
+    type Err = BadIpPrefix;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || BadIpPrefix(text.to_owned());
+        let (address, len) = text.split_once('/').ok_or_else(bad)?;
+        let address: std::net::IpAddr = address.parse().map_err(|_| bad())?;
+        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
+        Ok(IpPrefix {
+            address,
+            prefix_len,
+        })
+    }
+}
+
 // A MAC that is not six `:`-separated hexadecimal bytes (the doc comment below is its
 // message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, displaydoc::Display)]
@@ -432,6 +459,26 @@ mod tests {
             serde_json::from_str::<MacAddress>(&json).expect("parsed"),
             mac
         );
+    }
+
+    #[test]
+    fn prefixes_read_and_print_as_address_slash_length() {
+        for text in ["10.88.0.5/16", "0.0.0.0/0", "fd00::5/64", "::/128"] {
+            let prefix: IpPrefix = text.parse().expect("a prefix");
+            assert_eq!(prefix.to_string(), text);
+        }
+        let prefix: IpPrefix = "10.88.0.5/16".parse().expect("a prefix");
+        assert_eq!(prefix.prefix_len, 16);
+        for bad in [
+            "10.88.0.5",
+            "x/8",
+            "10.0.0.1/",
+            "10.0.0.1/-1",
+            "10.0.0.1/256",
+        ] {
+            let error = bad.parse::<IpPrefix>().expect_err(bad);
+            assert!(error.to_string().contains(bad), "{error}");
+        }
     }
 
     #[test]
