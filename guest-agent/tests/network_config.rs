@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use husk_agent::network::{configure, NetworkError};
 use husk_netlink::{LinkLocal, Netlink};
 use husk_protocol::{Interface, IpPrefix, MacAddress, Route};
+use husk_tests::netns::in_fresh_namespace;
 
 const PATIENCE: Duration = Duration::from_secs(2);
 
@@ -22,22 +23,10 @@ fn in_fresh_netns(test: impl FnOnce(&mut Netlink) + Send + 'static) {
         rustix::process::geteuid().is_root(),
         "the network tests create network namespaces and links and must run as root"
     );
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare takes no pointers; it moves only this thread into the new
-        // namespace, and the namespace goes when the thread ends.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
+    in_fresh_namespace(|| {
         let mut netlink = Netlink::open().expect("a netlink socket");
         test(&mut netlink);
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 fn prefix(text: &str) -> IpPrefix {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use husk_netlink::{Link, LinkLocal, Netlink, NetlinkError};
 use husk_protocol::{IpPrefix, MacAddress, Route};
+use husk_tests::netns::in_fresh_namespace;
 
 /// Runs `test` on a thread in a fresh network namespace, with a socket opened there.
 fn in_fresh_netns(test: impl FnOnce(&mut Netlink) + Send + 'static) {
@@ -17,16 +18,7 @@ fn in_fresh_netns(test: impl FnOnce(&mut Netlink) + Send + 'static) {
         unsafe { libc::geteuid() } == 0,
         "the netlink tests create network namespaces and links and must run as root"
     );
-    let thread = std::thread::spawn(move || {
-        // SAFETY: unshare takes no pointers; it moves only this thread (the test harness's
-        // other threads keep the host's namespace).
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(
-            rc,
-            0,
-            "unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
+    in_fresh_namespace(|| {
         let mut netlink = Netlink::open().expect("a netlink socket");
         let lo = netlink
             .link_by_name("lo")
@@ -36,9 +28,6 @@ fn in_fresh_netns(test: impl FnOnce(&mut Netlink) + Send + 'static) {
         netlink.set_link_up(lo.index).expect("lo up");
         test(&mut netlink);
     });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 fn prefix(text: &str) -> IpPrefix {

@@ -112,6 +112,24 @@ impl Drop for PodNetns {
     }
 }
 
+/// Runs `work` on a thread of its own in a fresh network namespace
+/// (`unshare(CLONE_NEWNET)`: only that thread moves), which goes when the thread ends; a
+/// panic in `work` carries over. Needs root.
+pub fn in_fresh_namespace<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: CLONE_NEWNET moves only this thread into a new network
+                // namespace; no file descriptor table or memory is unshared.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
+                    .unwrap_or_else(|e| panic!("unshare(CLONE_NEWNET): {e}"));
+                work()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Runs `work` on a thread of its own in the named network namespace.
 pub fn on_namespace<T: Send>(name: &str, work: impl FnOnce() -> T + Send) -> Result<T, Error> {
     let path = PathBuf::from("/run/netns").join(name);
