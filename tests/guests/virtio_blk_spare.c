@@ -50,14 +50,9 @@ static struct virtq queue;
 static struct blk_req_hdr hdr;
 static u8 status_byte;
 static u8 data[SECTOR];
-static u32 failures;
-
 static void fail(const char *what)
 {
-	serial_puts(WHO ": FAIL ");
-	serial_puts(what);
-	serial_puts("\n");
-	failures++;
+	check_fail(WHO, what);
 }
 
 /* One request with one data buffer; its status, or -1 if it never completed. */
@@ -94,7 +89,7 @@ static void expect_status(const char *what, int status, int want)
 	serial_puts(", expected ");
 	serial_put_u64((u32)want);
 	serial_puts("\n");
-	failures++;
+	check_failed();
 }
 
 /* Whether the NUL-padded `id` is ID. */
@@ -215,12 +210,6 @@ void guest_main(u32 start_info)
 	}
 	if (virtio_status(d) & VIRTIO_STATUS_NEEDS_RESET)
 		fail("the device set DEVICE_NEEDS_RESET");
-	if (failures) {
-		serial_puts(WHO ": FAIL ");
-		serial_put_u64(failures);
-		serial_puts(" check(s) failed\n");
-	} else {
-		serial_puts(WHO ": PASS\n");
-	}
+	check_verdict(WHO);
 	guest_exit(0);
 }

@@ -98,14 +98,9 @@ static int echo_answered;   /* its reply arrived and was right */
 static int arp_request_answered;
 static u32 arp_requests_answered;
 static u32 frames_ignored;
-static u32 failures;
-
 static void fail(const char *what)
 {
-	serial_puts(WHO ": FAIL ");
-	serial_puts(what);
-	serial_puts("\n");
-	failures++;
+	check_fail(WHO, what);
 }
 
 /* ---- output ------------------------------------------------------------------------ */
@@ -502,13 +497,7 @@ static void ping_gateway(u32 seq)
 
 static void finish(void)
 {
-	if (failures) {
-		serial_puts(WHO ": FAIL ");
-		serial_put_u64(failures);
-		serial_puts(" check(s) failed\n");
-	} else {
-		serial_puts(WHO ": PASS\n");
-	}
+	check_verdict(WHO);
 	guest_exit(0);
 }
 

@@ -87,7 +87,6 @@ static struct conn conns[MAX_CONNS];
 static u64 guest_cid;
 static u32 listen_port;
 static u32 next_local_port = FIRST_LOCAL_PORT;
-static u32 failures;
 static u32 credit_violations;
 static u32 protocol_errors;
 
@@ -148,10 +147,7 @@ static void say(const char *text)
 
 static void fail(const char *what)
 {
-	say("FAIL ");
-	serial_puts(what);
-	serial_puts("\n");
-	failures++;
+	check_fail(WHO, what);
 }
 
 static const char *op_name(u16 op)
@@ -277,7 +273,7 @@ static void protocol_error(const char *what, const struct pkt *h)
 	serial_puts(" len=");
 	serial_put_u64(h->len);
 	serial_puts("\n");
-	failures++;
+	check_failed();
 }
 
 static void handle_pkt(const struct pkt *h, const u8 *payload)
@@ -507,7 +503,7 @@ static void phase_refused(u32 port)
 	} else {
 		serial_puts(c->state == ESTABLISHED ? ": FAIL accepted, expected RST\n"
 						    : ": FAIL no answer, expected RST\n");
-		failures++;
+		check_failed();
 		if (c->state == ESTABLISHED)
 			conn_send_ctl(c, OP_RST, 0);
 		c->state = CLOSED;
@@ -554,7 +550,7 @@ static void phase_connect(u32 port)
 		say("connect to host port ");
 		serial_put_u64(port);
 		serial_puts(c->got_rst ? ": FAIL refused (RST)\n" : ": FAIL no answer\n");
-		failures++;
+		check_failed();
 		c->state = CLOSED;
 		return;
 	}
@@ -722,12 +718,6 @@ void guest_main(u32 start_info)
 	err = virtio_reset(&dev);
 	if (err)
 		fail(err);
-	if (failures) {
-		serial_puts(WHO ": FAIL ");
-		serial_put_u64(failures);
-		serial_puts(" check(s) failed\n");
-	} else {
-		serial_puts(WHO ": PASS\n");
-	}
+	check_verdict(WHO);
 	guest_exit(0);
 }

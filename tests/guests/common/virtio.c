@@ -396,3 +396,31 @@ void put_bytes(const u8 *s, u32 n)
 	for (u32 i = 0; i < n; i++)
 		serial_putc(s[i] >= 0x20 && s[i] < 0x7f ? (char)s[i] : '?');
 }
+
+static u32 check_failures;
+
+void check_fail(const char *who, const char *what)
+{
+	serial_puts(who);
+	serial_puts(": FAIL ");
+	serial_puts(what);
+	serial_puts("\n");
+	check_failed();
+}
+
+void check_failed(void)
+{
+	check_failures++;
+}
+
+void check_verdict(const char *who)
+{
+	serial_puts(who);
+	if (check_failures) {
+		serial_puts(": FAIL ");
+		serial_put_u64(check_failures);
+		serial_puts(" check(s) failed\n");
+	} else {
+		serial_puts(": PASS\n");
+	}
+}

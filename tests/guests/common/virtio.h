@@ -215,4 +215,12 @@ void put_hex(u64 value);
 /* Prints up to `n` bytes, non-printable ones as '?'. */
 void put_bytes(const u8 *s, u32 n);
 
+/* The device tests' verdict: check_fail prints `<who>: FAIL <what>` and counts it;
+ * check_failed counts a failure whose FAIL line the caller printed itself;
+ * check_verdict prints `<who>: FAIL <n> check(s) failed`, or `<who>: PASS` when none
+ * did. */
+void check_fail(const char *who, const char *what);
+void check_failed(void);
+void check_verdict(const char *who);
+
 #endif
